@@ -1,0 +1,112 @@
+"""One sampled crop, resized and normalized separately for each model.
+
+Teacher and student usually disagree on resolution and normalization (ViT-L/14 at 224 px with
+OpenAI statistics vs. a student at 160 px, say). Distillation needs both to see the *same* view,
+so the random crop is sampled once, recorded as a ``view`` (top, left, height, width, flip) that can
+be replayed exactly (the teacher cache stores it), and then converted once per distinct ImageSpec.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from clipdistill.models.spec import ImageSpec
+
+VIEW_FIELDS = ("top", "left", "height", "width", "flip")
+
+
+def _interpolation(name: str) -> InterpolationMode:
+    return InterpolationMode(name)
+
+
+def sample_view(width: int, height: int, generator: torch.Generator, scale=(0.9, 1.0),
+                ratio=(3 / 4, 4 / 3), hflip: bool = False) -> tuple[int, int, int, int, int]:
+    """RandomResizedCrop's parameter sampling (torchvision's algorithm) with an explicit generator.
+
+    Returns ``(top, left, h, w, flip)``. Drawing from ``generator`` instead of the global RNG makes
+    the view a pure function of the seed, which exact resume and cache replay rely on.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    draws = torch.rand(10, 4, generator=generator).tolist()
+    flip = int(hflip and torch.rand(1, generator=generator).item() < 0.5)
+    for r_area, r_ratio, r_top, r_left in draws:
+        target_area = area * (scale[0] + r_area * (scale[1] - scale[0]))
+        aspect = math.exp(log_ratio[0] + r_ratio * (log_ratio[1] - log_ratio[0]))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = min(int(r_top * (height - h + 1)), height - h)
+            left = min(int(r_left * (width - w + 1)), width - w)
+            return top, left, h, w, flip
+    # Fallback: central crop with the ratio clamped, as torchvision does.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w, flip
+
+
+def _to_model_tensor(crop: Image.Image, spec: ImageSpec) -> torch.Tensor:
+    resized = TF.resize(crop, [spec.size, spec.size], interpolation=_interpolation(spec.interpolation),
+                        antialias=True)
+    return TF.normalize(TF.to_tensor(resized), list(spec.mean), list(spec.std))
+
+
+def apply_view(image: Image.Image, view, specs: dict[str, ImageSpec]) -> dict[str, torch.Tensor]:
+    """Crop ``image`` by ``view`` and return one normalized tensor per named spec.
+
+    Specs that are equal share one tensor (no duplicated resize when teacher and student agree).
+    """
+    top, left, h, w, flip = (int(v) for v in view)
+    crop = image.crop((left, top, left + w, top + h))
+    if flip:
+        crop = TF.hflip(crop)
+    done: dict[ImageSpec, torch.Tensor] = {}
+    out = {}
+    for name, spec in specs.items():
+        if spec not in done:
+            done[spec] = _to_model_tensor(crop, spec)
+        out[name] = done[spec]
+    return out
+
+
+class PairedTransform:
+    """Training augmentation: sample one view, render it for every model.
+
+    Args:
+        specs: name -> ImageSpec, e.g. ``{"student_image": s, "teacher_image": t}``.
+        scale, ratio, hflip: RandomResizedCrop settings. The default keeps flips off: the procedural
+            data's captions say "left of", which a flip would make false.
+    """
+
+    def __init__(self, specs: dict[str, ImageSpec], scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3),
+                 hflip: bool = False):
+        self.specs = dict(specs)
+        self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
+
+    def __call__(self, image: Image.Image, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        image = image.convert("RGB")
+        view = sample_view(image.width, image.height, generator, self.scale, self.ratio, self.hflip)
+        out = apply_view(image, view, self.specs)
+        out["view"] = torch.tensor(view, dtype=torch.int32)
+        return out
+
+
+def eval_transform(spec: ImageSpec):
+    """open_clip's validation preprocessing: resize the short side, center crop, normalize."""
+
+    def transform(image: Image.Image) -> torch.Tensor:
+        image = image.convert("RGB")
+        image = TF.resize(image, spec.size, interpolation=_interpolation(spec.interpolation), antialias=True)
+        image = TF.center_crop(image, [spec.size, spec.size])
+        return TF.normalize(TF.to_tensor(image), list(spec.mean), list(spec.std))
+
+    return transform

@@ -1,0 +1,49 @@
+"""The one type that crosses every boundary: a batch of paired image/text embeddings."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """A batch of paired embeddings from one CLIP model.
+
+    Attributes:
+        image: ``(B, D)`` image embeddings.
+        text: ``(B, D)`` text embeddings; row ``i`` is the caption of image ``i``.
+        logit_scale: the *multiplicative* scale ``exp(log_scale)`` as open_clip's forward returns it
+            (a 0-d or 1-element tensor), not the log.
+        extras: optional named tensors (e.g. ``"cluster"`` pseudo-labels ``(B,)``).
+
+    Convention (checked nowhere, relied on everywhere): a **student** hands over *raw* embeddings,
+    exactly what ``encode_image(x, normalize=False)`` returns, because losses that project the
+    student into the teacher's space must see them before normalization. A **teacher** hands over
+    *L2-normalized* embeddings. ``normalized`` records which one this is.
+    """
+
+    image: torch.Tensor
+    text: torch.Tensor
+    logit_scale: torch.Tensor
+    normalized: bool = False
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.image.ndim != 2 or self.text.ndim != 2:
+            raise ValueError(f"embeddings must be (B, D); got image {tuple(self.image.shape)}, "
+                             f"text {tuple(self.text.shape)}")
+        if self.image.shape[0] != self.text.shape[0]:
+            raise ValueError(f"image and text batch sizes differ: {self.image.shape[0]} vs {self.text.shape[0]}")
+
+    @property
+    def batch_size(self) -> int:
+        return self.image.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.image.shape[1]
+
+    def with_(self, **changes) -> "Embeddings":
+        """A copy with some fields replaced."""
+        return replace(self, **changes)
