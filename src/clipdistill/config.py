@@ -1,0 +1,221 @@
+"""Experiment configuration: a typed dataclass schema, YAML files, dotted ``key=value`` overrides.
+
+A config is read from YAML (``yaml.safe_load``: nothing in it is ever evaluated as code), merged with
+command-line overrides such as ``train.steps=500`` or ``losses.fd.weight=2``, and checked against the
+schema below: an unknown key or a value of the wrong type stops with one line naming the key. The
+resolved config is written to the run directory and into every checkpoint.
+
+Components never see this module: builders unpack fields into plain keyword arguments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from clipdistill.errors import ConfigError
+
+ModelSpec = Union[str, dict]  # an open_clip architecture name, a clipdistill preset, or an inline open_clip config
+
+
+@dataclass
+class StudentConfig:
+    model: ModelSpec = "tiny"
+    pretrained: str = ""  # open_clip tag or local file; empty = random init (the usual for distillation)
+
+
+@dataclass
+class TeacherConfig:
+    source: str = "none"  # none | openclip | checkpoint | hf
+    model: ModelSpec = ""  # architecture for openclip/checkpoint sources
+    pretrained: str = ""  # open_clip tag (openclip source)
+    path: str = ""  # checkpoint file (checkpoint source) or Hugging Face CLIPModel directory (hf source)
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+
+
+@dataclass
+class DataConfig:
+    kind: str = "synthetic"  # synthetic | csv | webdataset
+    path: str = ""  # CSV/TSV file, or a brace pattern of tar shards
+    num_samples: int = 20000  # size of the synthetic corpus
+    subset: int = 0  # train on the first N samples only (0 = all); map-style datasets
+    seed: int = 0  # data generation seed (synthetic)
+    image_key: str = "filepath"
+    caption_key: str = "title"
+    separator: str = "\t"
+    workers: int = 2
+    scale: list = field(default_factory=lambda: [0.9, 1.0])  # RandomResizedCrop scale range
+    hflip: bool = False
+    max_bad_fraction: float = 0.05  # abort when more than this fraction of samples is unreadable
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_steps: int = 50
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 128  # per rank
+    seed: int = 0
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
+    log_every: int = 10
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    resume: str = ""  # "" | latest | path to a checkpoint
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # evaluate every N steps (0 = only at the end)
+    retrieval: str = "synthetic"  # dataset spec; "" disables
+    zero_shot: str = "synthetic"  # dataset spec; "" disables
+    num_images: int = 500  # size of the synthetic held-out sets
+    batch_size: int = 256
+
+
+def _default_losses() -> dict:
+    return {"clip": {"weight": 1.0}}
+
+
+@dataclass
+class Config:
+    """A whole experiment. ``losses`` maps a loss name to its weight and keyword arguments,
+    e.g. ``{"clip": {"weight": 1}, "crd": {"weight": 1, "temperature": 1.0}}``."""
+
+    student: StudentConfig = field(default_factory=StudentConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    losses: dict = field(default_factory=_default_losses)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ----------------------------------------------------------------------------------------- parsing
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _matches(value, tp) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(tp))
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is Any:
+        return True
+    return isinstance(value, origin or tp)
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(names)})"
+            raise ConfigError(f"unknown config key '{path}'{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, path + ".")
+        elif not _matches(value, tp):
+            raise ConfigError(f"config key '{path}' expects {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        else:
+            kwargs[key] = float(value) if tp is float else value
+    return cls(**kwargs)
+
+
+def _check_losses(losses: dict) -> None:
+    for name, spec in losses.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"config key 'losses.{name}' expects a mapping like {{weight: 1.0}}, got {spec!r}")
+        weight = spec.get("weight", 1.0)
+        if not _matches(weight, float):
+            raise ConfigError(f"config key 'losses.{name}.weight' expects float, got {weight!r}")
+
+
+def from_dict(data: dict) -> Config:
+    """Validate a plain dict against the schema."""
+    config = _build(Config, data or {}, "")
+    # `losses.NAME=null` on the command line removes a term that the YAML file enabled.
+    config.losses = {name: spec for name, spec in config.losses.items() if spec is not None}
+    _check_losses(config.losses)
+    return config
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.steps=5"`` -> (["train", "steps"], 5). Values are parsed as YAML scalars/flow collections."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({err.problem})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set each dotted key in a nested dict (creating mappings as needed)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a mapping")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML experiment file (optional), apply overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    return from_dict(apply_overrides(data, list(overrides)))
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def dump(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,38 @@
+"""CRD: contrastive relational distillation (CLIP-KD, Yang et al. CVPR 2024, Sec. 3.1)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipdistill.embeddings import Embeddings
+from clipdistill.losses.functional import kl_rows
+
+
+class CRDLoss(nn.Module):
+    """Match the student's image–text similarity distribution to the teacher's.
+
+    loss = ½[KL(σ(τ_t t_v t_tᵀ/T) ‖ σ(τ_s ŝ⁰_v ŝ⁰_tᵀ/T)) + KL(σ(τ_t t_t t_vᵀ/T) ‖ σ(τ_s ŝ⁰_t ŝ⁰_vᵀ/T))]·T²
+
+    σ is a row softmax over the N candidates of the batch, KL is averaged over rows, ŝ⁰ is the
+    normalized student embedding (no projection: only similarities are compared, so D_s ≠ D_t is fine).
+    Shapes: student (N, D_s) raw, teacher (N, D_t) normalized. The reference weight is 1.
+
+    Args:
+        temperature: KD temperature T (CLIP-KD uses 1). The T² factor keeps gradient magnitudes
+            comparable across temperatures (Hinton et al. 2015).
+    """
+
+    def __init__(self, temperature: float = 1.0):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
+        s_image = F.normalize(student.image, dim=-1)
+        s_text = F.normalize(student.text, dim=-1)
+        t = self.temperature
+        student_logits = student.logit_scale * s_image @ s_text.t() / t
+        teacher_logits = teacher.logit_scale * teacher.image @ teacher.text.t() / t
+        image_rows = kl_rows(teacher_logits, student_logits)
+        text_rows = kl_rows(teacher_logits.t(), student_logits.t())
+        return 0.5 * (image_rows + text_rows) * t * t
