@@ -1,0 +1,42 @@
+"""``clipdistill <command> ...``: each command is a module's ``main(argv)``."""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from clipdistill.errors import UserError
+
+COMMANDS = {
+    "demo": ("clipdistill.demo", "offline end-to-end demo: teacher, distilled student, baseline, table"),
+    "train": ("clipdistill.train.loop", "train or distill a student from a YAML config"),
+}
+
+USAGE = "usage: clipdistill <command> [options]\n\ncommands:\n" + "\n".join(
+    f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()) + \
+    "\n\nRun 'clipdistill <command> --help' for a command's options."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"clipdistill: unknown command '{name}'\n\n{USAGE}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return module.main(rest) or 0
+    except UserError as err:
+        print(f"clipdistill {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"clipdistill {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

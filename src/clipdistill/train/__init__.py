@@ -1,0 +1,1 @@
+"""Training: the loop (``loop.run``) and the pieces it reads top to bottom."""

@@ -1,0 +1,199 @@
+"""The training loop, readable top to bottom.
+
+    clipdistill train configs/smoke.yaml --out runs/smoke [key=value ...]
+
+Under torchrun each process runs this same function; ranks split the data, gather embeddings in
+the objective, and average gradients through DDP.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from clipdistill import config as config_lib
+from clipdistill import distributed
+from clipdistill.data import build_dataset, train_batches
+from clipdistill.data.transforms import PairedTransform
+from clipdistill.errors import UserError
+from clipdistill.losses.objective import build_objective
+from clipdistill.models import build_student, load_teacher
+from clipdistill.targets import LiveTeacherTargets
+from clipdistill.train import checkpoint
+from clipdistill.train.bad_data import BadDataTally
+from clipdistill.train.evaluation import Evaluator
+from clipdistill.train.metrics_log import MetricsLog
+from clipdistill.train.optim import build_optimizer, warmup_cosine
+from clipdistill.train.step import Distiller, train_step
+
+log = logging.getLogger("clipdistill.train")
+
+
+def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
+    """Train (or distill) a student as ``cfg`` says; write everything under ``out_dir``.
+
+    Returns the final evaluation metrics and run statistics (also written to ``results.json``).
+    """
+    out_dir = Path(out_dir)
+    ctx = distributed.setup()
+    if ctx.is_main:
+        _prepare_out_dir(out_dir)
+        config_lib.dump(cfg, out_dir / "config.yaml")
+    torch.manual_seed(cfg.train.seed)
+
+    # --- models: student (trained), teacher (frozen, only if some loss needs it), objective
+    student = build_student(cfg.student.model, cfg.student.pretrained)
+    teacher = None
+    if any(name != "clip" for name in cfg.losses):
+        if cfg.teacher.source == "none":
+            raise UserError(f"losses {sorted(set(cfg.losses) - {'clip'})} need a teacher: set teacher.source")
+        teacher = load_teacher(cfg.teacher.source, model=cfg.teacher.model, pretrained=cfg.teacher.pretrained,
+                               path=cfg.teacher.path, device=str(ctx.device), precision=cfg.teacher.precision)
+    objective = build_objective(cfg.losses, student_dim=_embed_dim(student.model),
+                                teacher_dim=teacher.embed_dim if teacher else None)
+    # Every rank starts from the same initialization (heads included): seed, then build.
+    distiller = Distiller(student.model, objective).to(ctx.device)
+    model = DistributedDataParallel(distiller, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None) \
+        if ctx.world_size > 1 else distiller
+    targets = LiveTeacherTargets(teacher, ctx.device) if teacher else None
+
+    # --- optimization
+    optimizer = build_optimizer(distiller, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
+    scheduler = warmup_cosine(optimizer, warmup_steps=cfg.optim.warmup_steps, total_steps=cfg.train.steps)
+
+    # --- resume: weights, optimizer, schedule, RNG, data position
+    start_step, tally = 0, BadDataTally(cfg.data.max_bad_fraction)
+    resume_from = checkpoint.resolve_resume(cfg.train.resume, out_dir / "checkpoints")
+    if resume_from is not None:
+        state = checkpoint.load(resume_from)
+        distiller.student.load_state_dict(state["student"])
+        distiller.objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        tally = BadDataTally.from_state(state["bad_data"], cfg.data.max_bad_fraction)
+        start_step = state["step"]
+        log.info("resumed from %s at step %d", resume_from, start_step)
+
+    # --- data: one crop per sample, rendered for each model; tokenized for each model
+    specs = {"student_image": student.image_spec}
+    tokenizers = {"student_text": student.tokenizer}
+    if teacher is not None:
+        specs["teacher_image"], tokenizers["teacher_text"] = teacher.image_spec, teacher.tokenizer
+    dataset = build_dataset(cfg.data.kind, path=cfg.data.path, num_samples=cfg.data.num_samples,
+                            seed=cfg.data.seed, image_key=cfg.data.image_key, caption_key=cfg.data.caption_key,
+                            separator=cfg.data.separator)
+    batches = train_batches(dataset, transform=PairedTransform(specs, scale=cfg.data.scale, hflip=cfg.data.hflip),
+                            tokenizers=tokenizers, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
+                            rank=ctx.rank, world_size=ctx.world_size, workers=cfg.data.workers,
+                            start_step=start_step, subset=cfg.data.subset or None)
+
+    evaluator = Evaluator(retrieval=cfg.eval.retrieval, zero_shot=cfg.eval.zero_shot, num_images=cfg.eval.num_images,
+                          seed=cfg.data.seed, batch_size=cfg.eval.batch_size)
+    metrics_log = MetricsLog(out_dir, enabled=ctx.is_main)
+    global_batch = cfg.train.batch_size * ctx.world_size
+    progress = tqdm(total=cfg.train.steps, initial=start_step, disable=not (ctx.is_main and cfg.train.progress),
+                    desc="train", unit="step", dynamic_ncols=True)
+    started, window_start, window_steps = time.time(), time.time(), 0
+
+    # --- the loop
+    for step in range(start_step, cfg.train.steps):
+        batch = next(batches)
+        tally.add(batch["bad"], good=len(batch["key"]))
+        tally.check()
+        teacher_embeddings = targets(batch) if targets else None
+        loss, terms = train_step(model, batch, teacher_embeddings, optimizer=optimizer, scheduler=scheduler,
+                                 device=ctx.device, precision=cfg.train.precision, grad_clip=cfg.optim.grad_clip,
+                                 step=step + 1)
+        done = step + 1
+        window_steps += 1
+        progress.update(1)
+
+        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+            samples_per_s = window_steps * global_batch / max(time.time() - window_start, 1e-9)
+            values = {"loss": distributed.mean_across_ranks(loss).item(),
+                      **{k: distributed.mean_across_ranks(v).item() for k, v in terms.items()},
+                      "lr": scheduler.get_last_lr()[0], "samples_per_s": samples_per_s,
+                      "logit_scale": distiller.student.logit_scale.exp().item()}
+            metrics_log.write(done, values)
+            progress.set_postfix(loss=f"{values['loss']:.3f}", samples_s=f"{samples_per_s:.0f}")
+            window_start, window_steps = time.time(), 0
+
+        if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
+            _evaluate(evaluator, student, ctx, metrics_log, done)
+
+        if done % cfg.train.save_every == 0 or done == cfg.train.steps:
+            _save(out_dir, cfg, done, distiller, optimizer, scheduler, tally, ctx)
+
+    progress.close()
+    final = _evaluate(evaluator, student, ctx, metrics_log, cfg.train.steps)
+    results = {"metrics": final, "bad_samples": tally.counts, "params": sum(p.numel() for p in student.model.parameters()),
+               "seconds": time.time() - started, "steps": cfg.train.steps}
+    if ctx.is_main:
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+        if tally.total_bad:
+            log.warning("skipped %d unreadable samples: %s", tally.total_bad, tally.counts)
+    metrics_log.close()
+    distributed.barrier()
+    return results
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    """Fail before training if the run directory cannot be written."""
+    try:
+        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write to run directory {out_dir}: {err.strerror or err}") from None
+
+
+def _embed_dim(model) -> int:
+    return int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None \
+        else int(model.visual.output_dim)
+
+
+def _evaluate(evaluator: Evaluator, student, ctx, metrics_log: MetricsLog, step: int) -> dict:
+    metrics = evaluator(student) if ctx.is_main else {}
+    if metrics:
+        metrics_log.write(step, metrics, prefix="eval")
+    distributed.barrier()
+    return metrics
+
+
+def _save(out_dir: Path, cfg, step: int, distiller: Distiller, optimizer, scheduler, tally: BadDataTally, ctx) -> None:
+    if ctx.is_main:
+        state = {"step": step, "student": distiller.student.state_dict(), "objective": distiller.objective.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": torch.get_rng_state(), "bad_data": tally.state(), "config": config_lib.to_dict(cfg)}
+        checkpoint.save(state, out_dir / "checkpoints", step, keep=cfg.train.keep_checkpoints)
+    distributed.barrier()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="clipdistill train", description="Train or distill a CLIP student.")
+    parser.add_argument("config", help="experiment YAML (see configs/)")
+    parser.add_argument("--out", required=True, help="run directory (config, metrics, checkpoints, tensorboard)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100 resume=latest")
+    args = parser.parse_args(argv)
+    overrides = [_alias(o) for o in args.overrides]
+    cfg = config_lib.load(args.config, overrides)
+    try:
+        results = run(cfg, args.out)
+    finally:
+        distributed.teardown()
+    print(json.dumps(results["metrics"], indent=2))
+    return 0
+
+
+def _alias(override: str) -> str:
+    # `resume=latest` reads better on a command line than `train.resume=latest`.
+    return "train." + override if override.startswith("resume=") else override
