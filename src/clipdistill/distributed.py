@@ -73,6 +73,12 @@ def gather_embeddings(emb: Embeddings, with_grad: bool) -> Embeddings:
     return emb.with_(image=gather(emb.image), text=gather(emb.text), extras=extras)
 
 
+def local_rows(batch_size: int) -> slice:
+    """The rows this rank contributed to a gathered batch (ranks concatenate in order, equal sizes)."""
+    rank = dist.get_rank() if is_distributed() else 0
+    return slice(rank * batch_size, (rank + 1) * batch_size)
+
+
 def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
     """For logging: the mean of a detached scalar over ranks."""
     if not is_distributed():

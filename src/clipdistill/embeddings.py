@@ -21,6 +21,10 @@ class Embeddings:
     exactly what ``encode_image(x, normalize=False)`` returns, because losses that project the
     student into the teacher's space must see them before normalization. A **teacher** hands over
     *L2-normalized* embeddings. ``normalized`` records which one this is.
+
+    ``local_rows`` is set by the objective in ``local_loss`` mode: the rows of the gathered global
+    batch that this rank owns. Losses then compute their rows only (local anchors against global
+    candidates), so logit memory grows linearly with the global batch. ``None`` means all rows.
     """
 
     image: torch.Tensor
@@ -28,6 +32,7 @@ class Embeddings:
     logit_scale: torch.Tensor
     normalized: bool = False
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    local_rows: slice | None = None
 
     def __post_init__(self) -> None:
         if self.image.ndim != 2 or self.text.ndim != 2:
@@ -35,6 +40,11 @@ class Embeddings:
                              f"text {tuple(self.text.shape)}")
         if self.image.shape[0] != self.text.shape[0]:
             raise ValueError(f"image and text batch sizes differ: {self.image.shape[0]} vs {self.text.shape[0]}")
+
+    @property
+    def rows(self) -> slice:
+        """The anchor rows this process computes (all of them unless in local_loss mode)."""
+        return self.local_rows if self.local_rows is not None else slice(None)
 
     @property
     def batch_size(self) -> int:

@@ -14,8 +14,11 @@ from clipdistill.losses.objective import build_objective
 from clipdistill.train.step import Distiller
 
 N, D_IN, D_S, D_T = 8, 12, 6, 10
-LOSSES = {"clip": {"weight": 1.0}, "fd": {"weight": 3.9}, "crd": {"weight": 1.0, "temperature": 2.0},
-          "icl": {"weight": 1.0}}
+# Each loss alone (so per-loss gradients are compared), the CLIP-KD recipe, and everything at once.
+CASES = {name: {name: {}} for name in ["clip", "crd", "fd", "mfd", "gd", "icl", "cross_kd", "afd", "soft_clip",
+                                       "affinity"]}
+CASES["crd_T2"] = {"crd": {"temperature": 2.0}}
+CASES["clipkd"] = {"clip": {"weight": 1.0}, "fd": {"weight": 3.9}, "crd": {"weight": 1.0}, "icl": {"weight": 1.0}}
 
 
 class ToyStudent(nn.Module):
@@ -42,9 +45,9 @@ def make_inputs():
     return images, tokens, teacher
 
 
-def make_model():
+def make_model(specs, local_loss=False):
     torch.manual_seed(0)
-    return Distiller(ToyStudent(), build_objective(LOSSES, student_dim=D_S, teacher_dim=D_T))
+    return Distiller(ToyStudent(), build_objective(specs, student_dim=D_S, teacher_dim=D_T, local_loss=local_loss))
 
 
 def grads(model):
@@ -57,27 +60,39 @@ def _worker(rank, world, init_file, out_file):
     images, tokens, teacher = make_inputs()
     rows = slice(rank * N // world, (rank + 1) * N // world)
     local_teacher = teacher.with_(image=teacher.image[rows], text=teacher.text[rows])
-    model = DistributedDataParallel(make_model())
-    total, terms = model(images[rows], tokens[rows], local_teacher)
-    total.backward()
+    results = {}
+    for local_loss in (False, True):
+        for case, specs in CASES.items():
+            model = DistributedDataParallel(make_model(specs, local_loss), find_unused_parameters=True)
+            total, terms = model(images[rows], tokens[rows], local_teacher)
+            total.backward()
+            # In local_loss mode each rank holds its share: the logged value is the mean over ranks.
+            total = total.detach().clone()
+            dist.all_reduce(total)
+            results[(case, local_loss)] = {"total": total / world, "grads": grads(model.module)}
     if rank == 0:
-        torch.save({"total": total.detach(), "terms": terms, "grads": grads(model.module)}, out_file)
+        torch.save(results, out_file)
     dist.destroy_process_group()
 
 
-def test_two_ranks_equal_one_process(tmp_path):
+@pytest.fixture(scope="module")
+def two_rank_results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    out = tmp / "rank0.pt"
+    mp.spawn(_worker, args=(2, str(tmp / "pg"), str(out)), nprocs=2, join=True)
+    return torch.load(out)
+
+
+@pytest.mark.parametrize("local_loss", [False, True], ids=["global", "local_loss"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_ranks_equal_one_process(two_rank_results, case, local_loss):
     images, tokens, teacher = make_inputs()
-    single = make_model()
-    total, terms = single(images, tokens, teacher)
+    single = make_model(CASES[case])
+    total, _ = single(images, tokens, teacher)
     total.backward()
     expected = grads(single)
-
-    out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(2, str(tmp_path / "pg"), str(out)), nprocs=2, join=True)
-    got = torch.load(out)
+    got = two_rank_results[(case, local_loss)]
     assert got["total"].item() == pytest.approx(total.item(), abs=1e-5)
-    for name in terms:
-        assert got["terms"][name].item() == pytest.approx(terms[name].item(), abs=1e-5), name
     assert set(got["grads"]) == set(expected)
     for name, grad in expected.items():
-        assert torch.allclose(got["grads"][name], grad, atol=1e-5), name
+        assert torch.allclose(got["grads"][name], grad, atol=1e-5), (name, (got["grads"][name] - grad).abs().max())

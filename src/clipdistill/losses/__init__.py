@@ -17,16 +17,28 @@ import inspect
 from torch import nn
 
 from clipdistill.errors import UserError
+from clipdistill.losses.affinity import AffinityLoss
+from clipdistill.losses.afd import AFDLoss
 from clipdistill.losses.clip import ClipLoss
 from clipdistill.losses.crd import CRDLoss
+from clipdistill.losses.cross_kd import CrossKDLoss
 from clipdistill.losses.fd import FDLoss
+from clipdistill.losses.gd import GDLoss
 from clipdistill.losses.icl import ICLLoss
+from clipdistill.losses.mfd import MFDLoss
+from clipdistill.losses.soft_clip import SoftClipLoss
 
 REGISTRY: dict[str, type[nn.Module]] = {
     "clip": ClipLoss,
     "crd": CRDLoss,
     "fd": FDLoss,
+    "mfd": MFDLoss,
+    "gd": GDLoss,
     "icl": ICLLoss,
+    "cross_kd": CrossKDLoss,
+    "afd": AFDLoss,
+    "soft_clip": SoftClipLoss,
+    "affinity": AffinityLoss,
 }
 
 # Losses that only look at the student: a run made of these alone needs no teacher.
@@ -57,4 +69,5 @@ def get(name: str, **kwargs) -> nn.Module:
     return cls(**kwargs)
 
 
-__all__ = ["get", "names", "REGISTRY", "STUDENT_ONLY", "ClipLoss", "CRDLoss", "FDLoss", "ICLLoss"]
+__all__ = ["get", "names", "REGISTRY", "STUDENT_ONLY", "AffinityLoss", "AFDLoss", "ClipLoss", "CRDLoss",
+           "CrossKDLoss", "FDLoss", "GDLoss", "ICLLoss", "MFDLoss", "SoftClipLoss"]

@@ -20,4 +20,4 @@ class ClipLoss(nn.Module):
     def forward(self, student: Embeddings, teacher: Embeddings | None = None) -> torch.Tensor:
         image = F.normalize(student.image, dim=-1)
         text = F.normalize(student.text, dim=-1)
-        return symmetric_infonce(image, text, student.logit_scale)
+        return symmetric_infonce(image, text, student.logit_scale, student.rows)

@@ -31,8 +31,9 @@ class CRDLoss(nn.Module):
         s_image = F.normalize(student.image, dim=-1)
         s_text = F.normalize(student.text, dim=-1)
         t = self.temperature
-        student_logits = student.logit_scale * s_image @ s_text.t() / t
-        teacher_logits = teacher.logit_scale * teacher.image @ teacher.text.t() / t
-        image_rows = kl_rows(teacher_logits, student_logits)
-        text_rows = kl_rows(teacher_logits.t(), student_logits.t())
+        r = student.rows
+        image_rows = kl_rows(teacher.logit_scale * teacher.image[r] @ teacher.text.t() / t,
+                             student.logit_scale * s_image[r] @ s_text.t() / t)
+        text_rows = kl_rows(teacher.logit_scale * teacher.text[r] @ teacher.image.t() / t,
+                            student.logit_scale * s_text[r] @ s_image.t() / t)
         return 0.5 * (image_rows + text_rows) * t * t

@@ -28,7 +28,9 @@ class FDLoss(nn.Module):
         self.project = TeacherSpaceProjection(student_dim, teacher_dim, always_project)
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
-        image, text = self.project(student, teacher)
+        rows = student.rows  # a per-sample loss: local_loss mode needs only this rank's rows
+        image, text = self.project(student.with_(image=student.image[rows], text=student.text[rows]), teacher)
+        teacher = teacher.with_(image=teacher.image[rows], text=teacher.text[rows])
         image_term = (image - teacher.image).pow(2).sum(dim=1)
         text_term = (text - teacher.text).pow(2).sum(dim=1)
         return (image_term + text_term).mean()

@@ -1,23 +1,31 @@
 """Batch-level building blocks shared by several losses (pure functions, no state)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def diagonal_labels(n: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, device=device)
 
 
-def infonce(anchors: torch.Tensor, candidates: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """CE(scale·anchors candidatesᵀ) with the diagonal as labels: anchor i must pick candidate i."""
-    logits = scale * anchors @ candidates.t()
-    return F.cross_entropy(logits, diagonal_labels(anchors.shape[0], anchors.device))
+def infonce(anchors: torch.Tensor, candidates: torch.Tensor, scale: torch.Tensor,
+            rows: slice = slice(None)) -> torch.Tensor:
+    """CE(scale·anchors candidatesᵀ) with the diagonal as labels: anchor i must pick candidate i.
+
+    ``rows`` restricts the anchors (local_loss mode: this rank's rows against all candidates).
+    """
+    logits = scale * anchors[rows] @ candidates.t()
+    return F.cross_entropy(logits, diagonal_labels(anchors.shape[0], anchors.device)[rows])
 
 
-def symmetric_infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def symmetric_infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
+                      rows: slice = slice(None)) -> torch.Tensor:
     """½[CE(scale·a bᵀ) + CE(scale·b aᵀ)]. ``a``, ``b``: (N, D) normalized."""
-    return 0.5 * (infonce(a, b, scale) + infonce(b, a, scale))
+    return 0.5 * (infonce(a, b, scale, rows) + infonce(b, a, scale, rows))
 
 
 def kl_rows(target_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -25,3 +33,13 @@ def kl_rows(target_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.
     target_logp = F.log_softmax(target_logits, dim=1)
     student_logp = F.log_softmax(student_logits, dim=1)
     return (target_logp.exp() * (target_logp - student_logp)).sum(dim=1).mean()
+
+
+def soft_cross_entropy(target_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """H(σ(target), σ(student)) = −Σ_j p_j log q_j per row, averaged over rows."""
+    return -(target_logits.softmax(dim=1) * F.log_softmax(student_logits, dim=1)).sum(dim=1).mean()
+
+
+def learnable_log_scale(init_scale: float) -> nn.Parameter:
+    """A scalar parameter holding log(scale); the scale itself is exp() of it, as in CLIP."""
+    return nn.Parameter(torch.tensor(math.log(init_scale)))

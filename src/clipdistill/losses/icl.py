@@ -1,13 +1,11 @@
 """ICL: interactive contrastive learning (CLIP-KD, Yang et al. CVPR 2024, Sec. 3.4)."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from clipdistill.embeddings import Embeddings
-from clipdistill.losses.functional import infonce
+from clipdistill.losses.functional import infonce, learnable_log_scale
 from clipdistill.losses.heads import TeacherSpaceProjection
 
 
@@ -31,10 +29,11 @@ class ICLLoss(nn.Module):
                  always_project: bool = False, init_scale: float = 1 / 0.07, max_scale: float = 100.0):
         super().__init__()
         self.project = TeacherSpaceProjection(student_dim, teacher_dim, always_project)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+        self.log_scale = learnable_log_scale(init_scale)
         self.max_scale = max_scale
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
         image, text = self.project(student, teacher)
         scale = self.log_scale.exp().clamp(max=self.max_scale)
-        return 0.5 * (infonce(image, teacher.text, scale) + infonce(text, teacher.image, scale))
+        rows = student.rows
+        return 0.5 * (infonce(image, teacher.text, scale, rows) + infonce(text, teacher.image, scale, rows))

@@ -59,8 +59,10 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
                                 teacher_dim=teacher.embed_dim if teacher else None)
     # Every rank starts from the same initialization (heads included): seed, then build.
     distiller = Distiller(student.model, objective).to(ctx.device)
-    model = DistributedDataParallel(distiller, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None) \
-        if ctx.world_size > 1 else distiller
+    # find_unused_parameters: KD-only objectives (fd, icl, ...) leave the student's logit scale unused,
+    # and DDP would otherwise skip reducing the bucket holding it.
+    model = DistributedDataParallel(distiller, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
+                                    find_unused_parameters=True) if ctx.world_size > 1 else distiller
     targets = LiveTeacherTargets(teacher, ctx.device) if teacher else None
 
     # --- optimization

@@ -1,0 +1,43 @@
+"""cross_kd: cross-model relational distillation (CLIP-KD, Yang et al. CVPR 2024, Sec. 3.4 variant)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clipdistill.embeddings import Embeddings
+from clipdistill.losses.functional import kl_rows, learnable_log_scale
+from clipdistill.losses.heads import TeacherSpaceProjection
+
+
+class CrossKDLoss(nn.Module):
+    """Match the distribution of a student anchor over the *teacher's* candidates to the teacher's own.
+
+    loss = ½[KL(σ(τ_t t_v t_tᵀ/T) ‖ σ(κ ŝ_v t_tᵀ/T)) + KL(σ(τ_t t_t t_vᵀ/T) ‖ σ(κ ŝ_t t_vᵀ/T))]·T²
+
+    ŝ = normalize(P(s)) (a head per tower when D_s ≠ D_t), κ a learnable scale (init 1/0.07, ≤ 100).
+    Where ICL uses hard labels over the teacher's candidates, this uses the teacher's soft ones.
+    Shapes: student (N, D_s) raw, teacher (N, D_t) normalized.
+
+    Args:
+        student_dim, teacher_dim, always_project: projection heads, as in ``fd``.
+        temperature: KD temperature T. init_scale, max_scale: κ's start and ceiling.
+    """
+
+    def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None,
+                 always_project: bool = False, temperature: float = 1.0, init_scale: float = 1 / 0.07,
+                 max_scale: float = 100.0):
+        super().__init__()
+        self.project = TeacherSpaceProjection(student_dim, teacher_dim, always_project)
+        self.log_scale = learnable_log_scale(init_scale)
+        self.max_scale, self.temperature = max_scale, temperature
+
+    def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
+        image, text = self.project(student, teacher)
+        kappa = self.log_scale.exp().clamp(max=self.max_scale)
+        t = self.temperature
+        r = student.rows
+        image_rows = kl_rows(teacher.logit_scale * teacher.image[r] @ teacher.text.t() / t,
+                             kappa * image[r] @ teacher.text.t() / t)
+        text_rows = kl_rows(teacher.logit_scale * teacher.text[r] @ teacher.image.t() / t,
+                            kappa * text[r] @ teacher.image.t() / t)
+        return 0.5 * (image_rows + text_rows) * t * t

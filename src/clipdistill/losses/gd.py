@@ -1,0 +1,53 @@
+"""gd: gradient distillation (CLIP-KD, Yang et al. CVPR 2024, Sec. 3.3)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clipdistill.embeddings import Embeddings
+from clipdistill.losses.heads import TeacherSpaceProjection
+
+
+def infonce_gradients(anchors: torch.Tensor, candidates: torch.Tensor, scale: torch.Tensor):
+    """Per-sample gradients of InfoNCE w.r.t. anchors and candidates, in closed form.
+
+    With Z = τ·P Kᵀ and Q = softmax(Z) − I (row softmax), the batch-mean loss has
+    ∂P = τ Q K / N and ∂K = τ Qᵀ P / N. We return N·∂P and N·∂K, the gradients of the *sum* over
+    anchors, so the loss scale does not depend on the batch size. Two (N, N)×(N, D) matmuls: never
+    an N×D×N tensor (the reference code builds one).
+    """
+    z = scale * anchors @ candidates.t()
+    q = z.softmax(dim=1) - torch.eye(z.shape[0], device=z.device, dtype=z.dtype)
+    return scale * q @ candidates, scale * q.t() @ anchors
+
+
+class GDLoss(nn.Module):
+    """Match the student's InfoNCE gradients to the teacher's, both directions.
+
+    For (P, K) = (ŝ_v, ŝ_t) [image anchors] and (ŝ_t, ŝ_v) [text anchors], with the teacher's
+    (t_v, t_t) likewise: loss = ¼ Σ over the four gradient matrices of mean_i ‖g_s,i − g_t,i‖².
+    ŝ = normalize(P(s)) (heads when D_s ≠ D_t) so the gradients live in one space. The student's
+    temperature multiplies (CLIP's convention: τ = exp(logit_scale)); the reference divided by it.
+    Shapes: student (N, D_s) raw, teacher (N, D_t) normalized. The weight needs tuning (τ² scaling).
+    In local_loss mode GD still computes the global batch: ∂K sums over every anchor's row of Q.
+    That is exact (each rank's copy sends the gradient of the global value), only not memory-saving.
+
+    Args:
+        student_dim, teacher_dim, always_project: projection heads, as in ``fd``.
+    """
+
+    def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None,
+                 always_project: bool = False):
+        super().__init__()
+        self.project = TeacherSpaceProjection(student_dim, teacher_dim, always_project)
+
+    def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
+        image, text = self.project(student, teacher)
+        total = image.new_zeros(())
+        for (s_p, s_k), (t_p, t_k) in (((image, text), (teacher.image, teacher.text)),
+                                       ((text, image), (teacher.text, teacher.image))):
+            student_grads = infonce_gradients(s_p, s_k, student.logit_scale)
+            teacher_grads = infonce_gradients(t_p, t_k, teacher.logit_scale)
+            for g_s, g_t in zip(student_grads, teacher_grads):
+                total = total + (g_s - g_t.detach()).pow(2).sum(dim=1).mean()
+        return total / 4

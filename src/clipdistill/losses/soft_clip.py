@@ -1,0 +1,40 @@
+"""soft_clip: open_clip's DistillClipLoss distillation term."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipdistill.embeddings import Embeddings
+from clipdistill.losses.functional import soft_cross_entropy
+
+
+class SoftClipLoss(nn.Module):
+    """Soft cross-entropy from the teacher's similarity distribution to the student's.
+
+    loss = ½[H(σ(τ_t t_v t_tᵀ/T), σ(τ_s ŝ⁰_v ŝ⁰_tᵀ/T)) + H(same for text rows)]·T²,
+    H(p, q) = −Σ_j p_j log q_j averaged over rows, ŝ⁰ = normalized student embedding.
+
+    This is ``open_clip.DistillClipLoss``'s ``distill_loss`` (its contrastive half is our ``clip``
+    term): at T = 1 the values are identical (tested). It differs from ``crd`` only by the teacher's
+    entropy, a constant, so gradients agree; the logged value does not go to 0.
+    Shapes: student (N, D_s) raw, teacher (N, D_t) normalized.
+
+    Args:
+        temperature: KD temperature T; the T² factor (absent in open_clip, equal to 1 at T = 1) keeps
+            gradient magnitudes comparable across temperatures.
+    """
+
+    def __init__(self, temperature: float = 1.0):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
+        s_image, s_text = F.normalize(student.image, dim=-1), F.normalize(student.text, dim=-1)
+        t = self.temperature
+        r = student.rows
+        image_rows = soft_cross_entropy(teacher.logit_scale * teacher.image[r] @ teacher.text.t() / t,
+                             student.logit_scale * s_image[r] @ s_text.t() / t)
+        text_rows = soft_cross_entropy(teacher.logit_scale * teacher.text[r] @ teacher.image.t() / t,
+                            student.logit_scale * s_text[r] @ s_image.t() / t)
+        return 0.5 * (image_rows + text_rows) * t * t
