@@ -69,7 +69,8 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = 300
-    batch_size: int = 128  # per rank
+    batch_size: int = 128  # per rank (the whole accumulated batch)
+    accum_steps: int = 1  # split each batch into this many micro-batches (exact for every loss)
     seed: int = 0
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
     log_every: int = 10

@@ -113,7 +113,7 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
         teacher_embeddings = targets(batch) if targets else None
         loss, terms = train_step(model, batch, teacher_embeddings, optimizer=optimizer, scheduler=scheduler,
                                  device=ctx.device, precision=cfg.train.precision, grad_clip=cfg.optim.grad_clip,
-                                 step=step + 1)
+                                 step=step + 1, accum_steps=cfg.train.accum_steps)
         done = step + 1
         window_steps += 1
         progress.update(1)

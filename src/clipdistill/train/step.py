@@ -23,13 +23,32 @@ class Distiller(nn.Module):
         self.student = student
         self.objective = objective
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor, teacher: Embeddings | None):
-        student = Embeddings(
+    def embed(self, images: torch.Tensor, tokens: torch.Tensor) -> Embeddings:
+        """The student's raw embeddings (what every loss receives)."""
+        return Embeddings(
             image=self.student.encode_image(images, normalize=False),
             text=self.student.encode_text(tokens, normalize=False),
             logit_scale=self.student.logit_scale.exp(),
         )
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, teacher: Embeddings | None,
+                context: Embeddings | None = None, rows: slice | None = None):
+        """Objective on the student's embeddings of this batch.
+
+        With gradient accumulation, ``context`` holds (no-grad) embeddings of the whole accumulated
+        batch and ``rows`` says where this micro-batch's live embeddings go, so contrastive terms see
+        every candidate of the big batch (open_clip's accum_freq scheme).
+        """
+        student = self.embed(images, tokens)
+        if context is not None:
+            student = context.with_(image=_splice(context.image, student.image, rows),
+                                    text=_splice(context.text, student.text, rows),
+                                    logit_scale=student.logit_scale)
         return self.objective(student, teacher)
+
+
+def _splice(full: torch.Tensor, part: torch.Tensor, rows: slice) -> torch.Tensor:
+    return torch.cat([full[: rows.start], part, full[rows.stop:]], dim=0)
 
 
 class NonFiniteLoss(UserError):
@@ -43,19 +62,65 @@ def autocast(device: torch.device, precision: str):
     return nullcontext()
 
 
-def train_step(model: nn.Module, batch: dict, teacher_embeddings: Embeddings | None, *, optimizer, scheduler,
-               device: torch.device, precision: str, grad_clip: float, step: int) -> tuple[torch.Tensor, dict]:
-    """Forward, backward, clip, update. Returns (total loss, {term: value})."""
-    images = batch["student_image"].to(device, non_blocking=True)
-    tokens = batch["student_text"].to(device, non_blocking=True)
-    with autocast(device, precision):
-        total, terms = model(images, tokens, teacher_embeddings)
+def _unwrap(model: nn.Module) -> Distiller:
+    return model.module if hasattr(model, "module") else model
+
+
+def _check_finite(total: torch.Tensor, terms: dict, step: int) -> None:
     if not torch.isfinite(total):
         bad = [name for name, value in terms.items() if not torch.isfinite(value)] or ["total"]
         raise NonFiniteLoss(f"non-finite loss at step {step} in term(s) {', '.join(bad)}; "
                             "the last checkpoint is kept — lower optim.lr or check the data")
+
+
+def accumulate_gradients(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor,
+                         teacher: Embeddings | None, *, accum_steps: int, device: torch.device, precision: str,
+                         step: int) -> tuple[torch.Tensor, dict]:
+    """Backward of the objective on the whole batch, ``accum_steps`` micro-batches at a time.
+
+    Exact for every term: a no-grad pass embeds the whole batch; then each micro-batch is embedded
+    again with grad and spliced into those embeddings, so each backward sends the full-batch loss's
+    gradient through that micro-batch only. Parameters the loss touches directly (heads, scales)
+    receive the full gradient at every micro-step, so theirs is divided by ``accum_steps``.
+    """
+    if accum_steps == 1:
+        with autocast(device, precision):
+            total, terms = model(images, tokens, teacher)
+        _check_finite(total, terms, step)
+        total.backward()
+        return total.detach(), terms
+    distiller = _unwrap(model)
+    image_chunks, token_chunks = images.chunk(accum_steps), tokens.chunk(accum_steps)
+    with torch.no_grad(), autocast(device, precision):
+        context = [distiller.embed(i, t) for i, t in zip(image_chunks, token_chunks)]
+    context = context[0].with_(image=torch.cat([c.image for c in context]), text=torch.cat([c.text for c in context]))
+    start = 0
+    for j, (i, t) in enumerate(zip(image_chunks, token_chunks)):
+        rows = slice(start, start + i.shape[0])
+        start = rows.stop
+        sync = j == accum_steps - 1 or not hasattr(model, "no_sync")
+        with (nullcontext() if sync else model.no_sync()), autocast(device, precision):
+            total, terms = model(i, t, teacher, context=context, rows=rows)
+        _check_finite(total, terms, step)
+        total.backward()
+    for p in [*distiller.objective.parameters(), distiller.student.logit_scale]:
+        if p.grad is not None:
+            p.grad /= accum_steps
+    return total.detach(), terms
+
+
+def train_step(model: nn.Module, batch: dict, teacher_embeddings: Embeddings | None, *, optimizer, scheduler,
+               device: torch.device, precision: str, grad_clip: float, step: int,
+               accum_steps: int = 1) -> tuple[torch.Tensor, dict]:
+    """Forward, backward (accumulated over micro-batches if asked), clip, update.
+
+    Returns (total loss, {term: value}).
+    """
+    images = batch["student_image"].to(device, non_blocking=True)
+    tokens = batch["student_text"].to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    total, terms = accumulate_gradients(model, images, tokens, teacher_embeddings, accum_steps=accum_steps,
+                                        device=device, precision=precision, step=step)
     if grad_clip > 0:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -67,6 +132,5 @@ def train_step(model: nn.Module, batch: dict, teacher_embeddings: Embeddings | N
 
 def _clamp_logit_scale(model: nn.Module) -> None:
     # open_clip clamps the student's temperature after each step: τ_s ≤ 100.
-    student = model.module.student if hasattr(model, "module") else model.student
     with torch.no_grad():
-        student.logit_scale.clamp_(0, math.log(100))
+        _unwrap(model).student.logit_scale.clamp_(0, math.log(100))

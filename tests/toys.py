@@ -1,0 +1,48 @@
+"""A toy student and fixed inputs shared by the distributed and accumulation tests."""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipdistill import Embeddings
+from clipdistill.losses.objective import build_objective
+from clipdistill.train.step import Distiller
+
+N, D_IN, D_S, D_T = 8, 12, 6, 10
+# Each loss alone (so per-loss gradients are compared), the CLIP-KD recipe, and everything at once.
+CASES = {name: {name: {}} for name in ["clip", "crd", "fd", "mfd", "gd", "icl", "cross_kd", "afd", "soft_clip",
+                                       "affinity"]}
+CASES["crd_T2"] = {"crd": {"temperature": 2.0}}
+CASES["clipkd"] = {"clip": {"weight": 1.0}, "fd": {"weight": 3.9}, "crd": {"weight": 1.0}, "icl": {"weight": 1.0}}
+
+
+class ToyStudent(nn.Module):
+    """Just enough of an open_clip model: two linear towers and a logit scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.visual = nn.Linear(D_IN, D_S)
+        self.textual = nn.Linear(D_IN, D_S)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def encode_image(self, x, normalize=False):
+        return self.visual(x)
+
+    def encode_text(self, x, normalize=False):
+        return self.textual(x)
+
+
+def make_inputs():
+    g = torch.Generator().manual_seed(123)
+    images, tokens = torch.randn(N, D_IN, generator=g), torch.randn(N, D_IN, generator=g)
+    teacher = Embeddings(F.normalize(torch.randn(N, D_T, generator=g), dim=-1),
+                         F.normalize(torch.randn(N, D_T, generator=g), dim=-1), torch.tensor(50.0), normalized=True)
+    return images, tokens, teacher
+
+
+def make_model(specs, local_loss=False):
+    torch.manual_seed(0)
+    return Distiller(ToyStudent(), build_objective(specs, student_dim=D_S, teacher_dim=D_T, local_loss=local_loss))
+
+
