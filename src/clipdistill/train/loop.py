@@ -57,6 +57,8 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
                                path=cfg.teacher.path, device=str(ctx.device), precision=cfg.teacher.precision)
     objective = build_objective(cfg.losses, student_dim=_embed_dim(student.model),
                                 teacher_dim=teacher.embed_dim if teacher else None)
+    if objective.student_patch_dropout:
+        _mask_student_patches(student.model, objective.student_patch_dropout)
     # Every rank starts from the same initialization (heads included): seed, then build.
     distiller = Distiller(student.model, objective).to(ctx.device)
     # find_unused_parameters: KD-only objectives (fd, icl, ...) leave the student's logit scale unused,
@@ -156,6 +158,16 @@ def _prepare_out_dir(out_dir: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise UserError(f"cannot write to run directory {out_dir}: {err.strerror or err}") from None
+
+
+def _mask_student_patches(model, ratio: float) -> None:
+    """MFD: the student's image tower trains on a random (1 - ratio) of its patches (eval sees all)."""
+    from open_clip.transformer import PatchDropout
+
+    if not hasattr(model.visual, "patch_dropout"):
+        raise UserError(f"loss 'mfd' drops image patches and needs a ViT student; "
+                        f"this student's image tower is a {type(model.visual).__name__}")
+    model.visual.patch_dropout = PatchDropout(ratio)
 
 
 def _embed_dim(model) -> int:
