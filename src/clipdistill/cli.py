@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"clipdistill: unknown command '{name}'\n\n{USAGE}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # Our own progress at INFO; libraries (open_clip logs model construction at INFO) at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("clipdistill").setLevel(logging.INFO)
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return module.main(rest) or 0

@@ -55,7 +55,7 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
             raise UserError(f"losses {sorted(set(cfg.losses) - {'clip'})} need a teacher: set teacher.source")
         teacher = load_teacher(cfg.teacher.source, model=cfg.teacher.model, pretrained=cfg.teacher.pretrained,
                                path=cfg.teacher.path, device=str(ctx.device), precision=cfg.teacher.precision)
-    objective = build_objective(cfg.losses, student_dim=_embed_dim(student.model),
+    objective = build_objective(cfg.losses, student_dim=student.embed_dim,
                                 teacher_dim=teacher.embed_dim if teacher else None)
     if objective.student_patch_dropout:
         _mask_student_patches(student.model, objective.student_patch_dropout)
@@ -170,11 +170,6 @@ def _mask_student_patches(model, ratio: float) -> None:
     model.visual.patch_dropout = PatchDropout(ratio)
 
 
-def _embed_dim(model) -> int:
-    return int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None \
-        else int(model.visual.output_dim)
-
-
 def _evaluate(evaluator: Evaluator, student, ctx, metrics_log: MetricsLog, step: int) -> dict:
     metrics = evaluator(student) if ctx.is_main else {}
     if metrics:
@@ -197,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="experiment YAML (see configs/)")
     parser.add_argument("--out", required=True, help="run directory (config, metrics, checkpoints, tensorboard)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100 resume=latest")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     overrides = [_alias(o) for o in args.overrides]
     cfg = config_lib.load(args.config, overrides)
     try:

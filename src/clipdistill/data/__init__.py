@@ -1,0 +1,11 @@
+"""Image–text pair data: procedural shapes, CSV/TSV files, WebDataset shards, and the training loader."""
+from clipdistill.data.bad_samples import BadSample, decode_image
+from clipdistill.data.csv_pairs import CsvPairs
+from clipdistill.data.loader import KINDS, build_dataset, sample_generator, train_batches
+from clipdistill.data.shards import ShardPairs, expand_shards
+from clipdistill.data.synthetic import SyntheticClassification, SyntheticPairs, SyntheticRetrieval
+
+__all__ = [
+    "KINDS", "BadSample", "CsvPairs", "ShardPairs", "SyntheticClassification", "SyntheticPairs",
+    "SyntheticRetrieval", "build_dataset", "decode_image", "expand_shards", "sample_generator", "train_batches",
+]

@@ -1,0 +1,279 @@
+"""The training loader: the one thing the training loop asks for data.
+
+    dataset = build_dataset("csv", path="pairs.tsv")
+    batches = train_batches(dataset, transform=..., tokenizers=..., batch_size=256, seed=0)
+    batch = next(batches)   # forever: epochs chain
+
+Map-style datasets (synthetic, CSV) follow a plan that is a pure function of ``(seed, step)``: each
+epoch is a permutation from ``(seed, epoch)``, split into equal per-rank shares, cut into fixed-size
+batches. Resuming at step ``k`` therefore replays exactly, without reading a single skipped image,
+and the result does not depend on the number of DataLoader workers. Augmentation draws come from a
+generator seeded by ``(seed, epoch, sample index)`` for the same reason.
+
+Shards (WebDataset) are streamed; see :func:`_shard_loader` for what resume means there.
+"""
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+
+from clipdistill.data.bad_samples import BadSample
+from clipdistill.data.csv_pairs import CsvPairs
+from clipdistill.data.shards import ShardPairs
+from clipdistill.data.synthetic import SyntheticPairs
+from clipdistill.errors import UserError
+
+KINDS = ("synthetic", "csv", "webdataset")
+
+# A slot tries its planned sample and then up to this many replacements before giving up.
+_MAX_CANDIDATES = 32
+# A shard reader that meets this many unusable samples in a row stops: the data is not what it should be.
+_MAX_CONSECUTIVE_BAD = 1000
+# Backstop against a wrong path: more than half of the first this-many attempted samples unreadable.
+_BACKSTOP_WINDOW = 1000
+
+
+def build_dataset(kind: str, *, path: str = "", num_samples: int = 0, seed: int = 0, image_key: str = "filepath",
+                  caption_key: str = "title", separator: str = "\t"):
+    """The dataset of ``kind``: ``"synthetic"`` (num_samples, seed), ``"csv"`` (path, keys, separator) or
+    ``"webdataset"`` (path: shard pattern or folder)."""
+    if kind == "synthetic":
+        if num_samples <= 0:
+            raise UserError(f"the synthetic dataset needs a positive number of samples, got {num_samples}")
+        return SyntheticPairs(num_samples, seed=seed)
+    if kind == "csv":
+        if not path:
+            raise UserError("the csv dataset needs a path to a CSV/TSV file of image paths and captions")
+        return CsvPairs(path, image_key=image_key, caption_key=caption_key, separator=separator)
+    if kind == "webdataset":
+        return ShardPairs(path)
+    raise UserError(f"unknown dataset kind '{kind}' (available: {', '.join(KINDS)})")
+
+
+def train_batches(dataset, *, transform, tokenizers: dict[str, Callable], batch_size: int, seed: int, rank: int = 0,
+                  world_size: int = 1, workers: int = 0, start_step: int = 0,
+                  subset: int | None = None) -> Iterator[dict]:
+    """Endless training batches for this rank, starting at global step ``start_step``.
+
+    Each batch: one tensor per image spec of ``transform`` (``student_image``, ``teacher_image``;
+    ``(B, 3, H, W)``), ``view`` ``(B, 5)`` int32, one ``(B, L)`` token tensor per entry of ``tokenizers``,
+    ``caption`` and ``key`` (lists), ``index`` ``(B,)`` (-1 for shards), ``bad`` (kind -> samples skipped
+    while producing this batch) and ``epoch``.
+    """
+    if batch_size <= 0:
+        raise UserError(f"batch size must be positive, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world of size {world_size}")
+    common = dict(transform=transform, tokenizers=dict(tokenizers), batch_size=batch_size, seed=seed, rank=rank,
+                  world_size=world_size, workers=workers, start_step=start_step)
+    if isinstance(dataset, ShardPairs):
+        if subset:
+            raise UserError("a training subset needs a map-style dataset (synthetic, csv), not shards")
+        loader = _shard_loader(dataset, **common)
+    else:
+        loader = _map_loader(dataset, subset=subset, **common)
+    return _checked(loader, repr(dataset))
+
+
+# ----------------------------------------------------------------------------- shared by both kinds
+
+def _mix(*numbers: int) -> int:
+    """One well-mixed 63-bit seed from several integers (so (seed, epoch) and (seed+1, epoch-1) differ)."""
+    return int(np.random.SeedSequence([int(n) for n in numbers]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def sample_generator(seed: int, epoch: int, sample_id: int) -> torch.Generator:
+    """The generator a sample's augmentation draws from: a pure function of what the sample is."""
+    return torch.Generator().manual_seed(_mix(seed, epoch, sample_id))
+
+
+def _prepare(sample: dict, transform, *, seed: int, epoch: int, sample_id: int, index: int) -> dict:
+    views = transform(sample["image"], sample_generator(seed, epoch, sample_id))
+    return {"views": views, "caption": sample["caption"], "key": sample["key"], "index": index, "epoch": epoch}
+
+
+def _collate(prepared: list[dict], tokenizers: dict[str, Callable], bad: Counter) -> dict:
+    """Stack views, tokenize captions (this runs inside DataLoader workers), attach bookkeeping."""
+    batch = {name: torch.stack([p["views"][name] for p in prepared]) for name in prepared[0]["views"]}
+    captions = [p["caption"] for p in prepared]
+    for name, tokenize in tokenizers.items():
+        batch[name] = tokenize(captions)
+    batch.update(caption=captions, key=[p["key"] for p in prepared],
+                 index=torch.tensor([p["index"] for p in prepared], dtype=torch.long),
+                 bad=dict(bad), epoch=prepared[-1]["epoch"])
+    return batch
+
+
+def _checked(batches: Iterator[dict], name: str) -> Iterator[dict]:
+    """Raise a worker's fatal report as a UserError, and stop early if most samples are unreadable."""
+    attempted, bad = 0, Counter()
+    for batch in batches:
+        if "fatal" in batch:
+            raise UserError(batch["fatal"])
+        if attempted < _BACKSTOP_WINDOW:
+            bad.update(batch["bad"])
+            attempted += len(batch["key"]) + sum(batch["bad"].values())
+            total_bad = sum(bad.values())
+            if total_bad > _BACKSTOP_WINDOW // 2 or (attempted >= _BACKSTOP_WINDOW and 2 * total_bad > attempted):
+                raise UserError(f"{name}: {total_bad} of the first {attempted} samples are unreadable "
+                                f"({dict(bad)}); is the data path right?")
+        yield batch
+
+
+def _data_loader(dataset, *, workers: int, seed: int, **kwargs) -> DataLoader:
+    # An explicit generator: DataLoader would otherwise draw worker seeds from the global RNG and
+    # shift the training RNG stream (dropout...) between a continuous and a resumed run.
+    return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0,
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+# ----------------------------------------------------------------------------- map-style datasets
+
+@dataclass(frozen=True)
+class _Slot:
+    """One position of a batch: the planned dataset index first, then its replacements."""
+
+    epoch: int
+    candidates: tuple[int, ...]
+
+
+class _BatchPlan(Sampler):
+    """Batch sampler yielding lists of :class:`_Slot`, from global step ``start_step`` on, forever.
+
+    A bad sample is replaced by the sample in the same slot of the next batch (then the one after):
+    unlike the very next index, that never duplicates a sample inside the batch being filled.
+    """
+
+    def __init__(self, num_samples: int, *, batch_size: int, seed: int, rank: int, world_size: int, start_step: int):
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.rank, self.per_rank, self.start_step = rank, num_samples // world_size, start_step
+        self.steps_per_epoch = self.per_rank // batch_size
+        if self.steps_per_epoch == 0:
+            raise UserError(f"{num_samples} samples cannot fill one batch of {batch_size} on each of "
+                            f"{world_size} ranks")
+
+    def rank_share(self, epoch: int) -> list[int]:
+        order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(_mix(self.seed, epoch)))
+        return order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank].tolist()
+
+    def _slot(self, epoch: int, share: list[int], position: int) -> _Slot:
+        candidates = (share[(position + k * self.batch_size) % len(share)] for k in range(_MAX_CANDIDATES))
+        return _Slot(epoch, tuple(dict.fromkeys(candidates)))
+
+    def __iter__(self) -> Iterator[list[_Slot]]:
+        epoch, step = divmod(self.start_step, self.steps_per_epoch)
+        while True:
+            share = self.rank_share(epoch)
+            for step in range(step, self.steps_per_epoch):
+                first = step * self.batch_size
+                yield [self._slot(epoch, share, first + j) for j in range(self.batch_size)]
+            epoch, step = epoch + 1, 0
+
+
+class _SlotReader(Dataset):
+    """Reads one slot: the first readable candidate, transformed; counts the unreadable ones."""
+
+    def __init__(self, dataset, transform, seed: int):
+        self.dataset, self.transform, self.seed = dataset, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, slot: _Slot) -> dict:
+        bad, last_error = Counter(), ""
+        for index in slot.candidates:
+            try:
+                sample = self.dataset[index]
+            except BadSample as err:
+                bad[err.kind] += 1
+                last_error = str(err)
+                continue
+            except OSError as err:  # a dataset that lets PIL/file errors through
+                bad["unreadable"] += 1
+                last_error = f"unreadable: {err}"
+                continue
+            prepared = _prepare(sample, self.transform, seed=self.seed, epoch=slot.epoch, sample_id=index, index=index)
+            return {"prepared": prepared, "bad": bad}
+        return {"bad": bad, "fatal": f"{self.dataset!r}: {len(slot.candidates)} samples in a row are unreadable "
+                                     f"(last: {last_error}); is the data path right?"}
+
+
+class _MapCollate:
+    def __init__(self, tokenizers: dict[str, Callable]):
+        self.tokenizers = tokenizers
+
+    def __call__(self, slots: list[dict]) -> dict:
+        fatal = next((s["fatal"] for s in slots if "fatal" in s), None)
+        if fatal:
+            return {"fatal": fatal}
+        bad = sum((s["bad"] for s in slots), Counter())
+        return _collate([s["prepared"] for s in slots], self.tokenizers, bad)
+
+
+def _map_loader(dataset, *, transform, tokenizers, batch_size, seed, rank, world_size, workers, start_step,
+                subset) -> DataLoader:
+    size = len(dataset)
+    if subset is not None and subset > size:
+        raise UserError(f"subset of {subset} samples is larger than {dataset!r} ({size} samples)")
+    plan = _BatchPlan(subset or size, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
+                      start_step=start_step)
+    return _data_loader(_SlotReader(dataset, transform, seed), batch_sampler=plan,
+                        collate_fn=_MapCollate(tokenizers), workers=workers, seed=seed)
+
+
+# ----------------------------------------------------------------------------- shards
+
+class _ShardBatches(IterableDataset):
+    """Inside each DataLoader worker: this reader's share of the shards, bad samples skipped, batched."""
+
+    def __init__(self, shards: ShardPairs, *, transform, tokenizers, batch_size: int, seed: int, rank: int,
+                 world_size: int):
+        self.shards, self.transform, self.tokenizers = shards, transform, tokenizers
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        try:
+            yield from self._batches(reader=self.rank * workers + worker, readers=self.world_size * workers)
+        except UserError as err:  # raised in the main process by _checked, as one line, not a worker traceback
+            yield {"fatal": str(err)}
+
+    def _batches(self, reader: int, readers: int) -> Iterator[dict]:
+        prepared, bad, bad_in_a_row = [], Counter(), 0
+        for item in self.shards.stream(seed=self.seed, reader=reader, readers=readers):
+            if "bad" in item:
+                bad[item["bad"]] += 1
+                bad_in_a_row += 1
+                if bad_in_a_row >= _MAX_CONSECUTIVE_BAD:
+                    raise UserError(f"{self.shards!r}: {bad_in_a_row} unusable samples in a row ({dict(bad)})")
+                continue
+            bad_in_a_row = 0
+            # Keys, not positions, identify a streamed sample; crc32 is stable across processes (hash() is not).
+            prepared.append(_prepare(item, self.transform, seed=self.seed, epoch=item["epoch"],
+                                     sample_id=zlib.crc32(item["key"].encode()), index=-1))
+            if len(prepared) == self.batch_size:
+                yield _collate(prepared, self.tokenizers, bad)
+                prepared, bad = [], Counter()
+
+
+def _shard_loader(shards: ShardPairs, *, transform, tokenizers, batch_size, seed, rank, world_size, workers,
+                  start_step) -> DataLoader:
+    """Shards cannot be skipped into without reading them, so resume is not sample-exact: a run
+    resumed at step k > 0 streams with a seed derived from (seed, k), which keeps it from replaying
+    the samples the run began with (as open_clip does for resampled shards)."""
+    stream_seed = seed if start_step == 0 else _mix(seed, start_step)
+    batches = _ShardBatches(shards, transform=transform, tokenizers=tokenizers, batch_size=batch_size,
+                            seed=stream_seed, rank=rank, world_size=world_size)
+    return _data_loader(batches, batch_size=None, collate_fn=_as_is, workers=workers, seed=seed)
+
+
+def _as_is(batch: dict) -> dict:
+    # Batches are collated inside the workers already; a module-level function so workers can pickle it.
+    return batch

@@ -1,0 +1,114 @@
+"""Image–caption pairs in WebDataset tar shards, laid out as img2dataset writes them.
+
+``shards/{00000..00099}.tar`` with members ``KEY.jpg`` (or ``.png``/``.webp``) + ``KEY.txt``
+[+ ``KEY.json``]. Shards are read with webdataset's pipeline; the stream is split between readers
+(``rank x DataLoader worker``) so that in one epoch every sample goes to exactly one reader.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import webdataset as wds
+
+from clipdistill.data.bad_samples import BadSample, decode_image
+from clipdistill.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+def expand_shards(path: str) -> list[str]:
+    """Shard URLs from a brace pattern (``a/{000..009}.tar``, ``::``-joined lists) or a folder of tars.
+
+    Local files must exist; URLs with a scheme (``pipe:``, ``s3://``, ...) are taken on trust.
+    """
+    if not path:
+        raise UserError("data.path is empty: give a shard pattern like shards/{00000..00099}.tar")
+    if Path(path).is_dir():
+        shards = sorted(str(p) for p in Path(path).glob("*.tar"))
+        if not shards:
+            raise UserError(f"no .tar shards in folder {path}")
+        return shards
+    shards = wds.shardlists.expand_urls(path)
+    missing = [s for s in shards if not _is_remote(s) and not Path(s).is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} of {len(shards)} shards not found, first: {missing[0]}")
+    return shards
+
+
+def _is_remote(url: str) -> bool:
+    return "://" in url or url.startswith("pipe:")
+
+
+def _log_and_continue(err: Exception) -> bool:
+    # webdataset's warn_and_continue sleeps 0.5 s per error; a truncated shard should not stall training.
+    log.warning("skipping unreadable shard data: %s", err)
+    return True
+
+
+def to_pair(sample: dict) -> dict:
+    """A raw webdataset sample (``{"__key__", "jpg": bytes, "txt": bytes, ...}``) -> image/caption/key.
+
+    Decoded here rather than with ``wds.decode`` so that a bad sample becomes a counted
+    :class:`BadSample` instead of an exception a handler must swallow.
+    """
+    key = sample["__key__"]
+    image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
+    if image_ext is None:
+        raise BadSample("missing_image", key)
+    if "txt" not in sample:
+        raise BadSample("missing_caption", key)
+    caption = sample["txt"].decode("utf-8", errors="replace").strip()
+    if not caption:
+        raise BadSample("empty_caption", key)
+    return {"image": decode_image(sample[image_ext], name=f"{sample.get('__url__', '')}:{key}.{image_ext}"),
+            "caption": caption, "key": key}
+
+
+class ShardPairs:
+    """A set of shards, streamed forever by :meth:`stream` (one reader's share)."""
+
+    def __init__(self, path: str, shuffle_buffer: int = 1000):
+        self.path = path
+        self.shards = expand_shards(path)
+        self.shuffle_buffer = shuffle_buffer
+
+    def _epoch_pipeline(self, epoch: int, seed: int, reader: int, readers: int) -> wds.DataPipeline:
+        # Split with explicit arguments (wds.slice) instead of split_by_node/split_by_worker, which
+        # read the rank from the environment: the caller decides who reads what.
+        mine = wds.slice(reader, None, readers)
+        by_shard = len(self.shards) >= readers
+        return wds.DataPipeline(
+            wds.SimpleShardList(self.shards, seed=seed + epoch),  # epoch e: shard order from seed + e
+            *([mine] if by_shard else []),
+            wds.tarfile_to_samples(handler=_log_and_continue),
+            # Fewer shards than readers: everyone reads every shard and keeps every readers-th sample.
+            *([] if by_shard else [mine]),
+            wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer),
+                        rng=random.Random(f"{seed}/{epoch}/{reader}")),
+        )
+
+    def stream(self, *, seed: int, reader: int, readers: int) -> Iterator[dict]:
+        """This reader's samples, epoch after epoch, forever.
+
+        Yields ``{"image", "caption", "key", "epoch"}`` for good samples and ``{"bad": kind, "epoch"}``
+        for unusable ones (the caller counts them). Raises UserError if a whole epoch is empty.
+        """
+        for epoch in range(2**62):
+            seen = 0
+            for raw in self._epoch_pipeline(epoch, seed, reader, readers):
+                seen += 1
+                try:
+                    item = {**to_pair(raw), "epoch": epoch}
+                except BadSample as bad:
+                    item = {"bad": bad.kind, "detail": bad.detail, "epoch": epoch}
+                yield item
+            if seen == 0:
+                raise UserError(f"{self!r}: reader {reader} of {readers} found no samples in its shards")
+
+    def __repr__(self) -> str:
+        return f"ShardPairs('{self.path}', {len(self.shards)} shards)"
