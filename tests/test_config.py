@@ -34,6 +34,11 @@ def test_unknown_key_named_with_suggestion(tmp_path):
         config_lib.load(None, ["bogus=1"])
 
 
+def test_exponent_without_dot_is_a_float(tmp_path):
+    cfg = config_lib.load(write(tmp_path, "optim:\n  lr: 1e-3\n"), ["optim.eps=1e-8"])
+    assert cfg.optim.lr == 1e-3 and cfg.optim.eps == 1e-8
+
+
 def test_wrong_type_named(tmp_path):
     with pytest.raises(ConfigError, match="'train.steps' expects int, got str 'many'"):
         config_lib.load(None, ["train.steps=many"])

@@ -128,6 +128,16 @@ def _matches(value, tp) -> bool:
     return isinstance(value, origin or tp)
 
 
+def _yaml_float(value):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; a float field takes it as the number it means."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _build(cls, data: dict, prefix: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
@@ -141,6 +151,7 @@ def _build(cls, data: dict, prefix: str):
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(names)})"
             raise ConfigError(f"unknown config key '{path}'{hint}")
         tp = hints[key]
+        value = _yaml_float(value) if tp is float else value
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, path + ".")
         elif not _matches(value, tp):
