@@ -41,8 +41,8 @@ def make_inputs():
     return images, tokens, teacher
 
 
-def make_model(specs, local_loss=False):
-    torch.manual_seed(0)
+def make_model(specs, local_loss=False, seed=0):
+    torch.manual_seed(seed)
     return Distiller(ToyStudent(), build_objective(specs, student_dim=D_S, teacher_dim=D_T, local_loss=local_loss))
 
 

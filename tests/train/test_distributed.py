@@ -27,6 +27,11 @@ def _worker(rank, world, init_file, out_file):
             total = total.detach().clone()
             dist.all_reduce(total)
             results[(case, local_loss)] = {"total": total / world, "grads": grads(model.module)}
+    # Heads initialized differently on each rank (the reference code's bug) are synchronized by DDP.
+    head = DistributedDataParallel(make_model(CASES["clipkd"], seed=rank)).module.objective.terms["fd"].project.image.weight
+    copies = [torch.empty_like(head) for _ in range(world)]
+    dist.all_gather(copies, head.detach())
+    results["heads_identical"] = all(torch.equal(copies[0], c) for c in copies)
     if rank == 0:
         torch.save(results, out_file)
     dist.destroy_process_group()
@@ -38,6 +43,10 @@ def two_rank_results(tmp_path_factory):
     out = tmp / "rank0.pt"
     mp.spawn(_worker, args=(2, str(tmp / "pg"), str(out)), nprocs=2, join=True)
     return torch.load(out)
+
+
+def test_heads_start_identical_on_every_rank(two_rank_results):
+    assert two_rank_results["heads_identical"]
 
 
 @pytest.mark.parametrize("local_loss", [False, True], ids=["global", "local_loss"])

@@ -1,0 +1,60 @@
+"""One optimization step: learnable loss parts are optimized, clipped, and NaNs stop the run."""
+import pytest
+import torch
+
+from clipdistill.train.optim import build_optimizer, warmup_cosine
+from clipdistill.train.step import NonFiniteLoss, train_step
+from toys import CASES, make_inputs, make_model
+
+
+def batch_of(images, tokens):
+    return {"student_image": images, "student_text": tokens}
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_heads_and_scales_are_optimized_and_clipped():
+    model = make_model(CASES["clipkd"])
+    optimizer = build_optimizer(model, lr=0.1, weight_decay=0.0, betas=(0.9, 0.98), eps=1e-6)
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    head = model.objective.terms["fd"].project.image.weight
+    icl_scale = model.objective.terms["icl"].log_scale
+    assert id(head) in optimized and id(icl_scale) in optimized
+    images, tokens, teacher = make_inputs()
+    before = head.detach().clone()
+    seen_norms = []
+    original_step = optimizer.step
+
+    def spy_step(*args, **kwargs):  # the global norm the optimizer actually applies, heads included
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        seen_norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+        return original_step(*args, **kwargs)
+
+    scheduler = warmup_cosine(optimizer, warmup_steps=1, total_steps=10)
+    optimizer.step = spy_step
+    train_step(model, batch_of(images, tokens), teacher, optimizer=optimizer, scheduler=scheduler,
+               device=torch.device("cpu"), precision="fp32", grad_clip=0.01, step=1)
+    assert seen_norms[0] == pytest.approx(0.01, rel=1e-4)
+    assert not torch.equal(before, head)
+
+
+def test_no_decay_on_scales_and_biases():
+    model = make_model(CASES["clipkd"])
+    optimizer = build_optimizer(model, lr=0.1, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6)
+    decayed, plain = optimizer.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith("weight") for p in decayed["params"])
+    assert any("log_scale" in names[id(p)] for p in plain["params"])
+    assert any("logit_scale" in names[id(p)] for p in plain["params"])
+
+
+def test_non_finite_loss_names_step_and_term():
+    model = make_model({"clip": {}, "fd": {}})
+    optimizer = build_optimizer(model, lr=0.1, weight_decay=0.0, betas=(0.9, 0.98), eps=1e-6)
+    scheduler = warmup_cosine(optimizer, warmup_steps=1, total_steps=10)
+    images, tokens, teacher = make_inputs()
+    images[0, 0] = float("nan")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 7 in term\(s\) clip, fd"):
+        train_step(model, batch_of(images, tokens), teacher, optimizer=optimizer, scheduler=scheduler,
+                   device=torch.device("cpu"), precision="fp32", grad_clip=1.0, step=7)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # no update applied
