@@ -7,6 +7,7 @@ safely and collects what the rest of the package needs next to the ``nn.Module``
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -104,10 +105,27 @@ def _create(name: str, pretrained: str, patch_dropout: float | None) -> nn.Modul
     return open_clip.create_model(name, pretrained=pretrained, force_patch_dropout=patch_dropout)
 
 
+class _QuietRandomInit(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly" warning.
+
+    Random init is what a distillation student wants, and a teacher built this way gets its weights
+    loaded right after: the warning would only mislead.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
 def _random_init(name: str, patch_dropout: float | None) -> nn.Module:
     # pretrained_text=False: open_clip would otherwise download a Hugging Face text tower for
     # hf-text architectures, which a random-init student does not want (and offline cannot get).
-    return open_clip.create_model(name, pretrained=None, pretrained_text=False, force_patch_dropout=patch_dropout)
+    quiet = _QuietRandomInit()
+    logging.getLogger().addFilter(quiet)
+    try:
+        return open_clip.create_model(name, pretrained=None, pretrained_text=False,
+                                      force_patch_dropout=patch_dropout)
+    finally:
+        logging.getLogger().removeFilter(quiet)
 
 
 def _looks_like_file(pretrained: str) -> bool:
