@@ -155,6 +155,7 @@ def test_augmentation_depends_on_seed_and_epoch():
         return [{i: tuple(v.tolist()) for i, v in zip(b["index"].tolist(), b["view"])} for b in batches]
 
     epoch0, epoch1 = views(0)
+    assert len(set(epoch0.values())) >= 6  # each sample draws its own view
     assert sum(epoch0[i] != epoch1[i] for i in range(8)) >= 6
     other_seed = views(1, steps=1)[0]
     assert sum(epoch0[i] != other_seed[i] for i in range(8)) >= 6
