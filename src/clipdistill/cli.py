@@ -10,6 +10,8 @@ from clipdistill.errors import UserError
 COMMANDS = {
     "demo": ("clipdistill.demo", "offline end-to-end demo: teacher, distilled student, baseline, table"),
     "train": ("clipdistill.train.loop", "train or distill a student from a YAML config"),
+    "cache": ("clipdistill.cache.command", "run the teacher once over a dataset; train from its stored embeddings"),
+    "curate": ("clipdistill.curate.command", "remove semantic near-duplicates (CLIP-CID balance / SemDeDup)"),
 }
 
 USAGE = "usage: clipdistill <command> [options]\n\ncommands:\n" + "\n".join(

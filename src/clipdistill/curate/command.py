@@ -1,0 +1,46 @@
+"""``clipdistill curate``: semantic balance (CLIP-CID) or SemDeDup of an embedding file.
+
+    clipdistill curate --embeddings emb.npy --out curated/ --target-removal 0.437
+    clipdistill train my.yaml --out runs/x data.keep=curated/keep.npy
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from clipdistill.curate.balance import MODES, curate
+from clipdistill.curate.report import write_report
+from clipdistill.curate.sources import load_unit_embeddings
+
+log = logging.getLogger("clipdistill.curate")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clipdistill curate", description="Remove semantic near-duplicates, "
+                                "cluster by cluster; writes DIR/keep.npy, DIR/report.json, DIR/report.png.")
+    p.add_argument("--embeddings", required=True, help="(N, D) float .npy of (teacher image) embeddings")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--mode", choices=MODES, default="cid",
+                   help="cid: transitive groups keep their most central member; semdedup: SemDeDup's rule")
+    p.add_argument("--clusters", type=int, default=0, help="k-means clusters (default: N / 500)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--target-removal", type=float, help="fraction of rows to remove (default 0.437)")
+    how.add_argument("--threshold", type=float, help="ε: pairs with cosine > 1 − ε are duplicates")
+    p.add_argument("--max-cluster-size", type=int, default=2048, help="larger clusters are split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    progress = not args.no_progress
+    target = args.target_removal if args.threshold is not None or args.target_removal is not None else 0.437
+    x = load_unit_embeddings(args.embeddings, progress=progress)
+    result = curate(x, mode=args.mode, clusters=args.clusters or None,
+                    target_removal=None if args.threshold is not None else target, threshold=args.threshold,
+                    max_cluster_size=args.max_cluster_size, seed=args.seed, progress=progress)
+    report = write_report(result, args.out, mode=args.mode, extra={"embeddings": str(args.embeddings)})
+    print(f"kept {report['n_kept']} of {report['n_total']} rows (removed {100 * report['removal']:.1f} %, "
+          f"ε = {report['threshold']:.4f}, {report['clusters']} clusters) in {report['seconds']:.1f} s -> {args.out}")
+    return 0

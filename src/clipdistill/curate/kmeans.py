@@ -1,0 +1,90 @@
+"""Spherical k-means with FAISS: train on a sample, assign every row in blocks.
+
+FAISS does the heavy lifting (BLAS, its own threads); we only decide how much data it trains on and
+stream the assignment so memory stays at one block of similarities beyond the embeddings themselves.
+"""
+from __future__ import annotations
+
+import math
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+# FAISS's own advice: more than ~256 training points per centroid adds time, not quality.
+POINTS_PER_CENTROID = 256
+ASSIGN_BLOCK = 65536
+# Above this many clusters, k-means runs in two levels (see hierarchical_kmeans).
+FLAT_LIMIT = 512
+
+
+def train_spherical_kmeans(x: np.ndarray, k: int, *, iterations: int = 20, seed: int = 0,
+                           points_per_centroid: int = POINTS_PER_CENTROID) -> np.ndarray:
+    """``(k, D)`` float32 unit-norm centroids of the rows of ``x`` (unit-norm float32, ``(N, D)``).
+
+    Trains on a uniform sample of at most ``k * points_per_centroid`` rows, so training time does not
+    grow with N. ``k`` is capped at N.
+    """
+    n, dim = x.shape
+    k = max(1, min(int(k), n))
+    if k == 1:
+        return _unit(x.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32))
+    sample_size = min(n, k * points_per_centroid)
+    rows = np.sort(np.random.default_rng(seed).choice(n, sample_size, replace=False)) if sample_size < n else None
+    sample = np.ascontiguousarray(x[rows] if rows is not None else x, dtype=np.float32)
+    kmeans = faiss.Kmeans(dim, k, niter=iterations, seed=seed, spherical=True, verbose=False,
+                          max_points_per_centroid=points_per_centroid, min_points_per_centroid=1)
+    kmeans.train(sample)
+    return _unit(kmeans.centroids.astype(np.float32))
+
+
+def assign_nearest(x: np.ndarray, centroids: np.ndarray, *, progress: bool = False,
+                   block: int = ASSIGN_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of ``x``: the index of the most similar centroid and that cosine similarity.
+
+    Returns ``(labels (N,) int64, similarity (N,) float32)``; rows and centroids must be unit-norm.
+    """
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    labels = np.empty(len(x), dtype=np.int64)
+    similarity = np.empty(len(x), dtype=np.float32)
+    for start in tqdm(range(0, len(x), block), desc="assign clusters", unit="block", disable=not progress):
+        chunk = np.ascontiguousarray(x[start:start + block], dtype=np.float32)
+        sims, ids = index.search(chunk, 1)
+        labels[start:start + len(chunk)], similarity[start:start + len(chunk)] = ids[:, 0], sims[:, 0]
+    return labels, similarity
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def hierarchical_kmeans(x: np.ndarray, k: int, *, iterations: int = 20, seed: int = 0,
+                        progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """About ``k`` spherical k-means clusters, in two levels when ``k`` is large.
+
+    Flat k-means costs N·k·D per assignment pass, which grows as N² when k grows with N. Above
+    ``FLAT_LIMIT`` clusters we run ⌈√k⌉ coarse clusters, then split each coarse cluster into a number of
+    sub-clusters proportional to its size (total ≈ k): N·2√k·D. Returns ``(labels (N,), similarity to
+    the row's centroid (N,), centroids (k', D))``.
+    """
+    if k <= FLAT_LIMIT:
+        centroids = train_spherical_kmeans(x, k, iterations=iterations, seed=seed)
+        labels, similarity = assign_nearest(x, centroids, progress=progress)
+        return labels, similarity, centroids
+    coarse = train_spherical_kmeans(x, math.ceil(math.sqrt(k)), iterations=iterations, seed=seed)
+    coarse_labels, _ = assign_nearest(x, coarse, progress=progress)
+    labels = np.empty(len(x), dtype=np.int64)
+    similarity = np.empty(len(x), dtype=np.float32)
+    order = np.argsort(coarse_labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(coarse_labels[order])) + 1
+    centroids = []
+    for members in tqdm(np.split(order, bounds), desc="sub-clusters", unit="cluster", disable=not progress):
+        points = x[members]
+        sub = train_spherical_kmeans(points, max(1, round(k * len(members) / len(x))), iterations=iterations,
+                                     seed=seed)
+        sub_labels, similarity[members] = assign_nearest(points, sub)
+        labels[members] = sub_labels + sum(len(c) for c in centroids)
+        centroids.append(sub)
+    return labels, similarity, np.concatenate(centroids)
