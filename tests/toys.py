@@ -15,6 +15,13 @@ CASES = {name: {name: {}} for name in ["clip", "crd", "fd", "mfd", "gd", "icl", 
                                        "affinity"]}
 CASES["crd_T2"] = {"crd": {"temperature": 2.0}}
 CASES["clipkd"] = {"clip": {"weight": 1.0}, "fd": {"weight": 3.9}, "crd": {"weight": 1.0}, "icl": {"weight": 1.0}}
+# CLIP-CID: k-means centroids live in teacher space (D_T); labels are the teacher's nearest centroid.
+_CENTROIDS = F.normalize(torch.randn(40, D_T, generator=torch.Generator().manual_seed(7)), dim=-1)
+CASES["cid_cluster"] = {"cid_cluster": {"centroids": _CENTROIDS[:5]}}
+CASES["cid_cluster_partial_fc"] = {"cid_cluster": {"centroids": _CENTROIDS, "sample_fraction": 0.3, "learnable": True}}
+CASES["cid_instance"] = {"cid_instance": {}}
+CASES["clipcid"] = {"clip": {"weight": 1.0}, "cid_cluster": {"weight": 1.0, "centroids": _CENTROIDS[:5]},
+                    "cid_instance": {"weight": 1.0}}
 
 
 class ToyStudent(nn.Module):

@@ -19,6 +19,8 @@ from torch import nn
 from clipdistill.errors import UserError
 from clipdistill.losses.affinity import AffinityLoss
 from clipdistill.losses.afd import AFDLoss
+from clipdistill.losses.cid_cluster import CIDClusterLoss
+from clipdistill.losses.cid_instance import CIDInstanceLoss
 from clipdistill.losses.clip import ClipLoss
 from clipdistill.losses.crd import CRDLoss
 from clipdistill.losses.cross_kd import CrossKDLoss
@@ -39,6 +41,8 @@ REGISTRY: dict[str, type[nn.Module]] = {
     "afd": AFDLoss,
     "soft_clip": SoftClipLoss,
     "affinity": AffinityLoss,
+    "cid_cluster": CIDClusterLoss,
+    "cid_instance": CIDInstanceLoss,
 }
 
 # Losses that only look at the student: a run made of these alone needs no teacher.
@@ -70,4 +74,4 @@ def get(name: str, **kwargs) -> nn.Module:
 
 
 __all__ = ["get", "names", "REGISTRY", "STUDENT_ONLY", "AffinityLoss", "AFDLoss", "ClipLoss", "CRDLoss",
-           "CrossKDLoss", "FDLoss", "GDLoss", "ICLLoss", "MFDLoss", "SoftClipLoss"]
+           "CrossKDLoss", "FDLoss", "GDLoss", "ICLLoss", "MFDLoss", "SoftClipLoss", "CIDClusterLoss", "CIDInstanceLoss"]
