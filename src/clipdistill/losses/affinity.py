@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from clipdistill.embeddings import Embeddings
-from clipdistill.losses.functional import soft_cross_entropy
+from clipdistill.losses.functional import relation_loss, soft_cross_entropy
 
 
 class AffinityLoss(nn.Module):
@@ -28,7 +27,4 @@ class AffinityLoss(nn.Module):
         self.scale = scale
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
-        s_image, s_text = F.normalize(student.image, dim=-1), F.normalize(student.text, dim=-1)
-        r, s = student.rows, self.scale
-        return 0.5 * (soft_cross_entropy(s * teacher.image[r] @ teacher.text.t(), s * s_image[r] @ s_text.t())
-                      + soft_cross_entropy(s * teacher.text[r] @ teacher.image.t(), s * s_text[r] @ s_image.t()))
+        return relation_loss(student, teacher, soft_cross_entropy, student_scale=self.scale, teacher_scale=self.scale)

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from clipdistill.embeddings import Embeddings
-from clipdistill.losses.functional import kl_rows
+from clipdistill.losses.functional import kl_rows, relation_loss
 
 
 class CRDLoss(nn.Module):
@@ -28,12 +27,5 @@ class CRDLoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
-        s_image = F.normalize(student.image, dim=-1)
-        s_text = F.normalize(student.text, dim=-1)
-        t = self.temperature
-        r = student.rows
-        image_rows = kl_rows(teacher.logit_scale * teacher.image[r] @ teacher.text.t() / t,
-                             student.logit_scale * s_image[r] @ s_text.t() / t)
-        text_rows = kl_rows(teacher.logit_scale * teacher.text[r] @ teacher.image.t() / t,
-                            student.logit_scale * s_text[r] @ s_image.t() / t)
-        return 0.5 * (image_rows + text_rows) * t * t
+        return relation_loss(student, teacher, kl_rows, student_scale=student.logit_scale,
+                             teacher_scale=teacher.logit_scale, temperature=self.temperature)

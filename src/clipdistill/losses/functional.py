@@ -43,3 +43,19 @@ def soft_cross_entropy(target_logits: torch.Tensor, student_logits: torch.Tensor
 def learnable_log_scale(init_scale: float) -> nn.Parameter:
     """A scalar parameter holding log(scale); the scale itself is exp() of it, as in CLIP."""
     return nn.Parameter(torch.tensor(math.log(init_scale)))
+
+
+def relation_loss(student, teacher, row_loss, *, student_scale, teacher_scale, temperature: float = 1.0):
+    """½[row_loss over image rows + row_loss over text rows]·T² between the two models' similarity logits.
+
+    Image rows: teacher ``τ_t t_v t_tᵀ/T`` vs student ``τ_s ŝ⁰_v ŝ⁰_tᵀ/T`` (ŝ⁰ = normalized student
+    embedding); text rows likewise. ``row_loss(target_logits, student_logits)`` is e.g. :func:`kl_rows`
+    (CRD) or :func:`soft_cross_entropy` (soft_clip, affinity). Only ``student.rows`` are computed.
+    """
+    s_image, s_text = F.normalize(student.image, dim=-1), F.normalize(student.text, dim=-1)
+    r, t = student.rows, temperature
+    image_rows = row_loss(teacher_scale * teacher.image[r] @ teacher.text.t() / t,
+                          student_scale * s_image[r] @ s_text.t() / t)
+    text_rows = row_loss(teacher_scale * teacher.text[r] @ teacher.image.t() / t,
+                         student_scale * s_text[r] @ s_image.t() / t)
+    return 0.5 * (image_rows + text_rows) * t * t

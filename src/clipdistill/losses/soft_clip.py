@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from clipdistill.embeddings import Embeddings
-from clipdistill.losses.functional import soft_cross_entropy
+from clipdistill.losses.functional import relation_loss, soft_cross_entropy
 
 
 class SoftClipLoss(nn.Module):
@@ -30,11 +29,5 @@ class SoftClipLoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
-        s_image, s_text = F.normalize(student.image, dim=-1), F.normalize(student.text, dim=-1)
-        t = self.temperature
-        r = student.rows
-        image_rows = soft_cross_entropy(teacher.logit_scale * teacher.image[r] @ teacher.text.t() / t,
-                             student.logit_scale * s_image[r] @ s_text.t() / t)
-        text_rows = soft_cross_entropy(teacher.logit_scale * teacher.text[r] @ teacher.image.t() / t,
-                            student.logit_scale * s_text[r] @ s_image.t() / t)
-        return 0.5 * (image_rows + text_rows) * t * t
+        return relation_loss(student, teacher, soft_cross_entropy, student_scale=student.logit_scale,
+                             teacher_scale=teacher.logit_scale, temperature=self.temperature)
