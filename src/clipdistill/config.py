@@ -37,6 +37,21 @@ class TeacherConfig:
     pretrained: str = ""  # open_clip tag (openclip source)
     path: str = ""  # checkpoint file (checkpoint source) or Hugging Face CLIPModel directory (hf source)
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    # source=cache (path: a `clipdistill cache` directory): strict = a sample missing from the cache is an
+    # error; hybrid = missing samples are embedded live by the teacher the manifest names.
+    cache_mode: str = "strict"
+
+
+@dataclass
+class CacheConfig:
+    """``clipdistill cache``: how the teacher-embedding cache is written (see clipdistill.cache)."""
+
+    views: int = 1  # augmented views stored per sample (replayed in training)
+    dtype: str = "fp16"  # fp16 | bf16 | fp32
+    format: str = "safetensors"  # safetensors | numpy
+    shard_size: int = 10000  # samples per cache shard (the unit of resume and of rank splitting)
+    batch_size: int = 256  # teacher batch
+    seed: int = 0  # seeds the stored views
 
 
 @dataclass
@@ -105,6 +120,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
 
 # ----------------------------------------------------------------------------------------- parsing

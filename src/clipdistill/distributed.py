@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 
 from clipdistill.embeddings import Embeddings
 
@@ -54,8 +53,28 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward hands each rank the *sum* over ranks of the gradient of its slice.
+
+    (``torch.distributed.nn.functional.all_gather`` does the same and is deprecated.) An all_reduce of
+    the whole gathered gradient, then this rank's slice: works on gloo and NCCL alike.
+    """
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        ctx.rows = t.shape[0]
+        return _gather_no_grad(t)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
 def _gather_with_grad(t: torch.Tensor) -> torch.Tensor:
-    return torch.cat(dist_fn.all_gather(t.contiguous()), dim=0)
+    return _GatherWithGrad.apply(t)
 
 
 def _gather_no_grad(t: torch.Tensor) -> torch.Tensor:

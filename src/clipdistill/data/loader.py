@@ -58,18 +58,24 @@ def build_dataset(kind: str, *, path: str = "", num_samples: int = 0, seed: int 
 
 def train_batches(dataset, *, transform, tokenizers: dict[str, Callable], batch_size: int, seed: int, rank: int = 0,
                   world_size: int = 1, workers: int = 0, start_step: int = 0,
-                  subset: int | None = None) -> Iterator[dict]:
+                  subset: int | None = None, views=None) -> Iterator[dict]:
     """Endless training batches for this rank, starting at global step ``start_step``.
 
     Each batch: one tensor per image spec of ``transform`` (``student_image``, ``teacher_image``;
     ``(B, 3, H, W)``), ``view`` ``(B, 5)`` int32, one ``(B, L)`` token tensor per entry of ``tokenizers``,
     ``caption`` and ``key`` (lists), ``index`` ``(B,)`` (-1 for shards), ``bad`` (kind -> samples skipped
     while producing this batch) and ``epoch``.
+
+    ``views`` (a teacher cache's ``CachedViews``: key -> stored views or None) makes every sample replay
+    one of its stored views, chosen from ``(seed, epoch, sample)``, instead of sampling a new one; the
+    batch then also has ``view_index`` ``(B,)`` (which stored view; -1 where the key had none).
     """
     if batch_size <= 0:
         raise UserError(f"batch size must be positive, got {batch_size}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world of size {world_size}")
+    if views is not None:
+        transform = ViewReplay(transform, views)
     common = dict(transform=transform, tokenizers=dict(tokenizers), batch_size=batch_size, seed=seed, rank=rank,
                   world_size=world_size, workers=workers, start_step=start_step)
     if isinstance(dataset, ShardPairs):
@@ -93,8 +99,22 @@ def sample_generator(seed: int, epoch: int, sample_id: int) -> torch.Generator:
     return torch.Generator().manual_seed(_mix(seed, epoch, sample_id))
 
 
+class ViewReplay:
+    """A PairedTransform that renders a sample's stored view (looked up by key) instead of sampling one."""
+
+    def __init__(self, transform, views):
+        self.transform, self.views = transform, views
+
+    def __call__(self, image, generator: torch.Generator, key: str) -> dict:
+        return self.transform.replay(image, self.views.get(key), generator)
+
+
 def _prepare(sample: dict, transform, *, seed: int, epoch: int, sample_id: int, index: int) -> dict:
-    views = transform(sample["image"], sample_generator(seed, epoch, sample_id))
+    generator = sample_generator(seed, epoch, sample_id)
+    if isinstance(transform, ViewReplay):
+        views = transform(sample["image"], generator, key=sample["key"])
+    else:
+        views = transform(sample["image"], generator)
     return {"views": views, "caption": sample["caption"], "key": sample["key"], "index": index, "epoch": epoch}
 
 

@@ -99,6 +99,21 @@ class PairedTransform:
         out["view"] = torch.tensor(view, dtype=torch.int32)
         return out
 
+    def replay(self, image: Image.Image, stored_views, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Render one of ``stored_views`` (``(V, 5)``, from a teacher cache) instead of sampling a view.
+
+        Which one is drawn from ``generator``, so the choice is a pure function of (seed, epoch,
+        sample). ``view_index`` says which (-1: ``stored_views`` is None, a fresh view was sampled).
+        """
+        if stored_views is None:
+            return {**self(image, generator), "view_index": torch.tensor(-1)}
+        choice = int(torch.randint(len(stored_views), (1,), generator=generator))
+        view = [int(v) for v in stored_views[choice]]
+        out = apply_view(image.convert("RGB"), view, self.specs)
+        out["view"] = torch.tensor(view, dtype=torch.int32)
+        out["view_index"] = torch.tensor(choice)
+        return out
+
 
 def eval_transform(spec: ImageSpec):
     """open_clip's validation preprocessing: resize the short side, center crop, normalize."""

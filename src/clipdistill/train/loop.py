@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from clipdistill import config as config_lib
 from clipdistill import distributed
+from clipdistill.cache.training import open_for_training
 from clipdistill.data import build_dataset, train_batches
 from clipdistill.data.transforms import PairedTransform
 from clipdistill.errors import UserError
@@ -49,14 +50,20 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
 
     # --- models: student (trained), teacher (frozen, only if some loss needs it), objective
     student = build_student(cfg.student.model, cfg.student.pretrained)
-    teacher = None
+    teacher, cached = None, None
     if any(name != "clip" for name in cfg.losses):
         if cfg.teacher.source == "none":
             raise UserError(f"losses {sorted(set(cfg.losses) - {'clip'})} need a teacher: set teacher.source")
-        teacher = load_teacher(cfg.teacher.source, model=cfg.teacher.model, pretrained=cfg.teacher.pretrained,
-                               path=cfg.teacher.path, device=str(ctx.device), precision=cfg.teacher.precision)
-    objective = build_objective(cfg.losses, student_dim=student.embed_dim,
-                                teacher_dim=teacher.embed_dim if teacher else None)
+        if cfg.teacher.source == "cache":  # stored embeddings; a live teacher only in hybrid mode
+            cached = open_for_training(cfg.teacher.path, mode=cfg.teacher.cache_mode, model=cfg.teacher.model,
+                                       pretrained=cfg.teacher.pretrained, scale=cfg.data.scale, hflip=cfg.data.hflip,
+                                       device=str(ctx.device), precision=cfg.teacher.precision)
+            teacher = cached.teacher
+        else:
+            teacher = load_teacher(cfg.teacher.source, model=cfg.teacher.model, pretrained=cfg.teacher.pretrained,
+                                   path=cfg.teacher.path, device=str(ctx.device), precision=cfg.teacher.precision)
+    teacher_dim = cached.dim if cached else teacher.embed_dim if teacher else None
+    objective = build_objective(cfg.losses, student_dim=student.embed_dim, teacher_dim=teacher_dim)
     if objective.student_patch_dropout:
         _mask_student_patches(student.model, objective.student_patch_dropout)
     # Every rank starts from the same initialization (heads included): seed, then build.
@@ -65,7 +72,7 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
     # and DDP would otherwise skip reducing the bucket holding it.
     model = DistributedDataParallel(distiller, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
                                     find_unused_parameters=True) if ctx.world_size > 1 else distiller
-    targets = LiveTeacherTargets(teacher, ctx.device) if teacher else None
+    targets = cached.targets(ctx.device) if cached else LiveTeacherTargets(teacher, ctx.device) if teacher else None
 
     # --- optimization
     optimizer = build_optimizer(distiller, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
@@ -97,7 +104,8 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
     batches = train_batches(dataset, transform=PairedTransform(specs, scale=cfg.data.scale, hflip=cfg.data.hflip),
                             tokenizers=tokenizers, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                             rank=ctx.rank, world_size=ctx.world_size, workers=cfg.data.workers,
-                            start_step=start_step, subset=cfg.data.subset or None)
+                            start_step=start_step, subset=cfg.data.subset or None,
+                            views=cached.cache.views() if cached else None)
 
     evaluator = Evaluator(retrieval=cfg.eval.retrieval, zero_shot=cfg.eval.zero_shot, num_images=cfg.eval.num_images,
                           seed=cfg.data.seed, batch_size=cfg.eval.batch_size)

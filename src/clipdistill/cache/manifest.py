@@ -1,0 +1,117 @@
+"""``manifest.json``: what a teacher cache holds and how it was made, so a run can refuse a wrong one.
+
+Fields (format version 1)::
+
+    format, format_version   "clipdistill-teacher-cache", 1
+    teacher                  Teacher.identity: source, model, pretrained, path, weights_sha256 (of a file)
+    weights_fingerprint      SHA-256 over the teacher's tensors as loaded (identifies random and tag weights too)
+    image_spec               the teacher's preprocessing (ImageSpec.as_dict)
+    augmentation             how the stored views were drawn: views, scale, ratio, hflip, seed, sampler
+    dataset                  what was embedded (kind, path, num_samples, seed, keys)
+    dtype, storage           fp16 | bf16 | fp32; safetensors | numpy
+    dim, logit_scale         teacher embedding size, multiplicative logit scale exp(log_scale)
+    captions_per_sample      1 (every dataset here gives one caption per sample)
+    shard_size, num_shards   the work split (the unit of resume and of rank assignment)
+    tensors                  shapes of each shard's tensors
+    count, skipped, complete filled in when the last shard is written (complete: false until then)
+    extras                   name -> description of per-sample extras (CID pseudo-labels, centroids), see extras.py
+
+``settings`` are all fields but the last group: a resumed run must have the same settings.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from clipdistill.errors import UserError
+
+FORMAT = "clipdistill-teacher-cache"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+# Written once the cache is complete; everything else is fixed before the first shard.
+RESULT_FIELDS = ("count", "skipped", "complete", "extras")
+# Which fields a view replay depends on: the sampler's algorithm is versioned with the code.
+VIEW_SAMPLER = "clipdistill.data.transforms.sample_view/v1"
+TENSORS = {"image": "(n, views, dim)", "text": "(n, dim)", "view": "(n, views, 5) int32 top,left,height,width,flip",
+           "index": "(n,) int64 dataset position (-1 for shards)"}
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 over every tensor of ``module``'s state_dict (names, dtypes, shapes and bytes), in name order.
+
+    Unlike a file hash it identifies weights that came from no file: an open_clip tag or a seeded
+    random initialization, which is what lets a hybrid run prove its live teacher is the cached one.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def build_manifest(*, teacher, fingerprint: str, augmentation: dict, dataset: dict, dtype: str, storage: str,
+                   shard_size: int, num_shards: int) -> dict:
+    """The settings part of a manifest for ``teacher`` (a :class:`~clipdistill.models.Teacher`)."""
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "teacher": dict(teacher.identity), "weights_fingerprint": fingerprint,
+        "image_spec": teacher.image_spec.as_dict(),
+        "augmentation": {**augmentation, "sampler": VIEW_SAMPLER},
+        "dataset": dict(dataset), "dtype": dtype, "storage": storage,
+        "dim": int(teacher.embed_dim), "logit_scale": float(teacher.logit_scale()),
+        "captions_per_sample": 1, "shard_size": int(shard_size), "num_shards": int(num_shards), "tensors": TENSORS,
+        "count": None, "skipped": {}, "complete": False, "extras": {},
+    }
+
+
+def settings(manifest: dict) -> dict:
+    return {k: v for k, v in manifest.items() if k not in RESULT_FIELDS}
+
+
+def read_manifest(directory: str | Path) -> dict:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"not a teacher cache (no {MANIFEST}): {directory}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path}: cache format {manifest.get('format')!r} version {manifest.get('format_version')!r}"
+                        f" is not {FORMAT!r} version {FORMAT_VERSION}; rebuild it with clipdistill cache")
+    return manifest
+
+
+def write_manifest(directory: str | Path, manifest: dict) -> None:
+    path = Path(directory) / MANIFEST
+    tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def differences(found: dict, expected: dict, prefix: str = "") -> list[str]:
+    """``"key: cache has A, run has B"`` for every key of ``expected`` whose value ``found`` does not share.
+
+    JSON turns tuples into lists, so both sides are compared in their JSON form.
+    """
+    out = []
+    for key, want in expected.items():
+        have = found.get(key) if isinstance(found, dict) else None
+        if isinstance(want, dict) and isinstance(have, dict):
+            out += differences(have, want, f"{prefix}{key}.")
+        elif json.loads(json.dumps(have)) != json.loads(json.dumps(want)):
+            out.append(f"{prefix}{key}: cache has {have!r}, run has {want!r}")
+    return out
+
+
+def refuse_if_different(manifest: dict, expected: dict, directory: str | Path, what: str) -> None:
+    """Raise a one-line UserError naming the first mismatching fields."""
+    found = differences(manifest, expected)
+    if found:
+        more = f" (+{len(found) - 2} more)" if len(found) > 2 else ""
+        raise UserError(f"teacher cache {directory} does not match {what}: {'; '.join(found[:2])}{more}")

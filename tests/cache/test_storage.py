@@ -1,0 +1,50 @@
+"""Shard files (both encodings, every dtype) and the key index."""
+import numpy as np
+import pytest
+import torch
+
+from clipdistill.cache.index import KeyIndex, write_index
+from clipdistill.cache.storage import DTYPES, check_encoding, read_meta, read_shard, write_shard
+from clipdistill.errors import UserError
+
+
+@pytest.mark.parametrize("storage,dtype", [("safetensors", "fp16"), ("safetensors", "bf16"),
+                                           ("safetensors", "fp32"), ("numpy", "fp16"), ("numpy", "fp32")])
+def test_shard_round_trip(tmp_path, storage, dtype):
+    tensors = {"image": torch.randn(3, 2, 5).to(DTYPES[dtype]),
+               "view": torch.arange(30, dtype=torch.int32).reshape(3, 2, 5)}
+    meta = {"keys": ["a", "bé", "c/1"], "skipped": {"corrupt_image": 1}}
+    path = tmp_path / f"s.{'npz' if storage == 'numpy' else 'safetensors'}"
+    write_shard(path, tensors, meta, storage)
+    loaded, loaded_meta = read_shard(path)
+    assert loaded_meta == meta and read_meta(path) == meta
+    for name, tensor in tensors.items():
+        assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor)
+    assert not list(tmp_path.glob(".*.tmp"))  # written through a temporary name, renamed
+
+
+def test_bf16_needs_safetensors_and_unknown_names_are_refused():
+    with pytest.raises(UserError, match="bf16 needs cache.format=safetensors"):
+        check_encoding("numpy", "bf16")
+    with pytest.raises(UserError, match="unknown cache format 'pickle'"):
+        check_encoding("pickle", "fp16")
+    with pytest.raises(UserError, match="unknown cache dtype 'fp8'"):
+        check_encoding("safetensors", "fp8")
+
+
+def test_index_finds_rows_in_shard_order_and_marks_absent_keys(tmp_path):
+    count = write_index(tmp_path, [["k2", "k0"], [], ["k1", "long-key-10"]])
+    index = KeyIndex.load(tmp_path)
+    assert count == 4 and len(index) == 4
+    assert index.rows(["k0", "k1", "k2", "long-key-10", "nope", "k"]).tolist() == [1, 2, 0, 3, -1, -1]
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    with pytest.raises(UserError, match="'k1' occurs more than once"):
+        write_index(tmp_path, [["k1", "k2"], ["k1"]])
+
+
+def test_empty_index_finds_nothing(tmp_path):
+    write_index(tmp_path, [[]])
+    assert KeyIndex.load(tmp_path).rows(["a"]).tolist() == [-1]
+    assert np.load(tmp_path / "index.npz", allow_pickle=False)["keys"].size == 0

@@ -1,0 +1,155 @@
+"""Training from a cache: replayed views, cached targets equal live ones, refusals, hybrid mode, extras."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipdistill.cache import TeacherCache, open_for_training, write_extra
+from clipdistill.cache.manifest import read_manifest, write_manifest
+from clipdistill.data import SyntheticPairs, train_batches
+from clipdistill.data.transforms import PairedTransform, apply_view
+from clipdistill.embeddings import Embeddings
+from clipdistill.errors import UserError
+from clipdistill.losses.objective import build_objective
+from clipdistill.models import build_student
+from clipdistill.targets import CachedTeacherTargets, LiveTeacherTargets
+
+from cache_helpers import NUM_SAMPLES
+
+
+@pytest.fixture(scope="module")
+def student():
+    torch.manual_seed(0)
+    return build_student("tiny")
+
+
+def _batches(dataset, student, teacher, views, batch_size=10, seed=5):
+    specs = {"student_image": student.image_spec, "teacher_image": teacher.image_spec}
+    tokenizers = {"student_text": student.tokenizer, "teacher_text": teacher.tokenizer}
+    return train_batches(dataset, transform=PairedTransform(specs), tokenizers=tokenizers, batch_size=batch_size,
+                         seed=seed, views=views)
+
+
+def test_loader_replays_a_stored_view_chosen_from_seed_epoch_and_sample(cache_dir, dataset, student, teacher):
+    cache = TeacherCache(cache_dir)
+    batches = _batches(dataset, student, teacher, cache.views())
+    epochs = [next(batches) for _ in range(2 * NUM_SAMPLES // 10)]  # two epochs of 2 batches
+    chosen = {}
+    for batch in epochs:
+        for i, key in enumerate(batch["key"]):
+            row, v = int(cache.rows([key])), int(batch["view_index"][i])
+            assert batch["view"][i].tolist() == cache.view[row, v].tolist()
+            chosen.setdefault(key, []).append(v)
+    # The student's pixels are that stored crop, rendered with the student's spec.
+    first = epochs[0]
+    sample = dataset[int(first["index"][0])]
+    expected = apply_view(sample["image"], first["view"][0].tolist(), {"s": student.image_spec})["s"]
+    assert torch.equal(first["student_image"][0], expected)
+    # Deterministic: a second loader replays the same choices; over epochs both stored views get used.
+    again = next(_batches(dataset, student, teacher, cache.views()))
+    assert torch.equal(again["view_index"], first["view_index"]) and again["key"] == first["key"]
+    assert {v for vs in chosen.values() for v in vs} == {0, 1}
+    assert any(len(set(vs)) == 2 for vs in chosen.values())
+
+
+def test_cached_targets_and_loss_equal_the_live_teachers(cache_dir, dataset, student, teacher):
+    cache = TeacherCache(cache_dir)
+    batch = next(_batches(dataset, student, teacher, cache.views()))
+    live = LiveTeacherTargets(teacher, torch.device("cpu"))(batch)
+    cached = CachedTeacherTargets(cache, torch.device("cpu"))(batch)
+    assert cached.normalized and torch.allclose(cached.image.norm(dim=-1), torch.ones(10), atol=1e-6)
+    assert torch.allclose(cached.image, live.image, atol=2e-3) and torch.allclose(cached.text, live.text, atol=2e-3)
+    assert torch.allclose(cached.logit_scale, live.logit_scale)
+    torch.manual_seed(1)
+    objective = build_objective({"clip": {}, "fd": {"weight": 3.9}, "crd": {}, "icl": {}},
+                                student_dim=student.embed_dim, teacher_dim=teacher.embed_dim)
+    s = Embeddings(image=student.model.encode_image(batch["student_image"]),
+                   text=student.model.encode_text(batch["student_text"]), logit_scale=student.model.logit_scale.exp())
+    live_total, live_terms = objective(s, live)
+    cached_total, cached_terms = objective(s, cached)
+    assert torch.allclose(cached_total, live_total, rtol=1e-3, atol=1e-4)
+    for name in live_terms:
+        assert torch.allclose(cached_terms[name], live_terms[name], rtol=1e-3, atol=1e-4), name
+    # ...and the targets are not trivially equal to anything: another view's embedding is far from them.
+    other = CachedTeacherTargets(cache, torch.device("cpu"))({**batch, "view_index": 1 - batch["view_index"]})
+    assert not torch.allclose(other.image, live.image, atol=2e-3)
+
+
+def _small_dataset_batch(dataset, student, teacher, cache):
+    """A batch of a 24-sample dataset: keys of samples 20..23 are not in the 20-sample cache."""
+    bigger = SyntheticPairs(NUM_SAMPLES + 4, seed=3)
+    for batch in _batches(bigger, student, teacher, cache.views(), batch_size=12):
+        if (batch["view_index"] < 0).any():
+            return batch
+
+
+def test_missing_samples_are_an_error_in_strict_mode_and_live_in_hybrid(cache_dir, dataset, student, teacher):
+    cache = TeacherCache(cache_dir)
+    batch = _small_dataset_batch(dataset, student, teacher, cache)
+    missing = batch["view_index"] < 0
+    with pytest.raises(UserError, match=r"not in the teacher cache .* teacher.cache_mode=hybrid"):
+        CachedTeacherTargets(cache, torch.device("cpu"))(batch)
+    live = LiveTeacherTargets(teacher, torch.device("cpu"))
+    hybrid = CachedTeacherTargets(cache, torch.device("cpu"), live=live)(batch)
+    expected = live(batch)
+    assert torch.allclose(hybrid.image[missing], expected.image[missing], atol=1e-6)
+    assert torch.allclose(hybrid.image[~missing], expected.image[~missing], atol=2e-3)
+
+
+def test_open_for_training_refuses_a_cache_of_another_teacher_or_augmentation(cache_dir):
+    open_for_training(str(cache_dir), mode="strict", model="tiny-teacher")  # the teacher it was made with
+    with pytest.raises(UserError, match="teacher.model: cache has 'tiny-teacher', run has 'ViT-B-16'"):
+        open_for_training(str(cache_dir), mode="strict", model="ViT-B-16", pretrained="openai")
+    with pytest.raises(UserError, match=r"augmentation.scale: cache has \[0.9, 1.0\], run has \[0.5, 1.0\]"):
+        open_for_training(str(cache_dir), mode="strict", scale=(0.5, 1.0))
+    with pytest.raises(UserError, match="augmentation.hflip"):
+        open_for_training(str(cache_dir), mode="strict", hflip=True)
+    with pytest.raises(UserError, match="unknown teacher.cache_mode 'lazy'"):
+        open_for_training(str(cache_dir), mode="lazy")
+
+
+def test_hybrid_mode_loads_the_cached_teacher_and_refuses_changed_weights(tmp_path, cache_dir, teacher_file):
+    source = open_for_training(str(cache_dir), mode="hybrid")
+    assert source.teacher is not None and source.teacher.identity["path"] == str(teacher_file)
+    # Same path, other weights (a re-trained checkpoint written over the old one): refused.
+    changed = tmp_path / "cache"
+    changed.mkdir()
+    for f in cache_dir.iterdir():
+        (changed / f.name).write_bytes(f.read_bytes())
+    manifest = read_manifest(changed)
+    manifest["weights_fingerprint"] = "0" * 64
+    write_manifest(changed, manifest)
+    with pytest.raises(UserError, match="weights or preprocessing changed.*weights_fingerprint"):
+        open_for_training(str(changed), mode="hybrid")
+
+
+def test_other_format_versions_and_non_caches_are_refused(tmp_path, cache_dir):
+    with pytest.raises(UserError, match="not a teacher cache"):
+        TeacherCache(tmp_path)
+    for f in cache_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    manifest = read_manifest(tmp_path)
+    manifest["format_version"] = 99
+    (tmp_path / "manifest.json").write_text(__import__("json").dumps(manifest))
+    with pytest.raises(UserError, match="version 99 is not 'clipdistill-teacher-cache' version 1"):
+        TeacherCache(tmp_path)
+
+
+def test_cluster_labels_stored_as_an_extra_reach_the_targets(tmp_path, cache_dir, dataset, student, teacher):
+    for f in cache_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    cache = TeacherCache(tmp_path)
+    centroids = F.normalize(torch.randn(3, teacher.embed_dim), dim=-1)
+    labels = (cache.image[:, 0].float() @ centroids.T).argmax(dim=1)
+    write_extra(tmp_path, "cluster", labels, "k-means pseudo-labels", centroids=centroids)
+    cache = TeacherCache(tmp_path)
+    assert read_manifest(tmp_path)["extras"]["cluster"]["tensors"] == ["centroids", "values"]
+    batch = _small_dataset_batch(dataset, student, teacher, cache)
+    missing = batch["view_index"] < 0
+    live = LiveTeacherTargets(teacher, torch.device("cpu"))
+    targets = CachedTeacherTargets(cache, torch.device("cpu"), live=live)(batch)
+    rows = cache.rows(batch["key"])
+    assert torch.equal(targets.extras["cluster"][~missing], labels[rows[~missing]])
+    nearest = (live(batch).image[missing] @ centroids.T).argmax(dim=1)
+    assert torch.equal(targets.extras["cluster"][missing], nearest)
+    with pytest.raises(UserError, match="has 3 rows, the cache 20 samples"):
+        write_extra(tmp_path, "bad", torch.zeros(3))
