@@ -12,6 +12,7 @@ COMMANDS = {
     "train": ("clipdistill.train.loop", "train or distill a student from a YAML config"),
     "cache": ("clipdistill.cache.command", "run the teacher once over a dataset; train from its stored embeddings"),
     "curate": ("clipdistill.curate.command", "remove semantic near-duplicates (CLIP-CID balance / SemDeDup)"),
+    "cluster": ("clipdistill.curate.cluster_command", "k-means pseudo-labels of teacher embeddings (CLIP-CID)"),
 }
 
 USAGE = "usage: clipdistill <command> [options]\n\ncommands:\n" + "\n".join(

@@ -57,7 +57,7 @@ def build_dataset(kind: str, *, path: str = "", num_samples: int = 0, seed: int 
 
 
 def train_batches(dataset, *, transform, tokenizers: dict[str, Callable], batch_size: int, seed: int, rank: int = 0,
-                  world_size: int = 1, workers: int = 0, start_step: int = 0,
+                  world_size: int = 1, workers: int = 0, start_step: int = 0, keep=None,
                   subset: int | None = None, views=None) -> Iterator[dict]:
     """Endless training batches for this rank, starting at global step ``start_step``.
 
@@ -65,6 +65,9 @@ def train_batches(dataset, *, transform, tokenizers: dict[str, Callable], batch_
     ``(B, 3, H, W)``), ``view`` ``(B, 5)`` int32, one ``(B, L)`` token tensor per entry of ``tokenizers``,
     ``caption`` and ``key`` (lists), ``index`` ``(B,)`` (-1 for shards), ``bad`` (kind -> samples skipped
     while producing this batch) and ``epoch``.
+
+    ``keep`` (dataset rows, or a ``.npy`` file of them: ``clipdistill curate``'s keep list) restricts a
+    map-style dataset to those rows (the ones below ``subset`` when both are given).
 
     ``views`` (a teacher cache's ``CachedViews``: key -> stored views or None) makes every sample replay
     one of its stored views, chosen from ``(seed, epoch, sample)``, instead of sampling a new one; the
@@ -81,9 +84,12 @@ def train_batches(dataset, *, transform, tokenizers: dict[str, Callable], batch_
     if isinstance(dataset, ShardPairs):
         if subset:
             raise UserError("a training subset needs a map-style dataset (synthetic, csv), not shards")
+        if keep is not None:
+            raise UserError("data.keep (a curated keep list) needs a map-style dataset (synthetic, csv), "
+                            "not webdataset shards: write the kept samples to new shards instead")
         loader = _shard_loader(dataset, **common)
     else:
-        loader = _map_loader(dataset, subset=subset, **common)
+        loader = _map_loader(dataset, subset=subset, keep=keep, **common)
     return _checked(loader, repr(dataset))
 
 
@@ -170,8 +176,10 @@ class _BatchPlan(Sampler):
     unlike the very next index, that never duplicates a sample inside the batch being filled.
     """
 
-    def __init__(self, num_samples: int, *, batch_size: int, seed: int, rank: int, world_size: int, start_step: int):
+    def __init__(self, num_samples: int, *, batch_size: int, seed: int, rank: int, world_size: int, start_step: int,
+                 rows: np.ndarray | None = None):
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.rows = None if rows is None else torch.as_tensor(rows)  # position -> dataset row (a keep list)
         self.rank, self.per_rank, self.start_step = rank, num_samples // world_size, start_step
         self.steps_per_epoch = self.per_rank // batch_size
         if self.steps_per_epoch == 0:
@@ -180,7 +188,8 @@ class _BatchPlan(Sampler):
 
     def rank_share(self, epoch: int) -> list[int]:
         order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(_mix(self.seed, epoch)))
-        return order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank].tolist()
+        share = order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+        return (share if self.rows is None else self.rows[share]).tolist()
 
     def _slot(self, epoch: int, share: list[int], position: int) -> _Slot:
         candidates = (share[(position + k * self.batch_size) % len(share)] for k in range(_MAX_CANDIDATES))
@@ -237,14 +246,31 @@ class _MapCollate:
 
 
 def _map_loader(dataset, *, transform, tokenizers, batch_size, seed, rank, world_size, workers, start_step,
-                subset) -> DataLoader:
+                subset, keep=None) -> DataLoader:
     size = len(dataset)
     if subset is not None and subset > size:
         raise UserError(f"subset of {subset} samples is larger than {dataset!r} ({size} samples)")
-    plan = _BatchPlan(subset or size, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
-                      start_step=start_step)
+    rows = _kept_rows(keep, size, subset or size, repr(dataset))
+    plan = _BatchPlan(subset or size if rows is None else len(rows), batch_size=batch_size, seed=seed, rank=rank,
+                      world_size=world_size, start_step=start_step, rows=rows)
     return _data_loader(_SlotReader(dataset, transform, seed), batch_sampler=plan,
                         collate_fn=_MapCollate(tokenizers), workers=workers, seed=seed)
+
+
+def _kept_rows(keep, size: int, limit: int, name: str) -> np.ndarray | None:
+    """A keep list (rows or a .npy path) as sorted unique rows below ``limit``; None when there is none."""
+    if keep is None:
+        return None
+    if isinstance(keep, str) or hasattr(keep, "__fspath__"):
+        try:
+            keep = np.load(keep)
+        except (OSError, ValueError) as err:
+            raise UserError(f"data.keep: cannot read {keep} as a .npy array of row indices ({err})") from None
+    rows = np.unique(np.asarray(keep))
+    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer) or (len(rows) and (rows[0] < 0 or rows[-1] >= size)):
+        raise UserError(f"data.keep must list integer rows of {name} (0..{size - 1}); got {rows.dtype} "
+                        f"{rows.min() if rows.size else ''}..{rows.max() if rows.size else ''}")
+    return rows[rows < limit].astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- shards

@@ -104,7 +104,7 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
     batches = train_batches(dataset, transform=PairedTransform(specs, scale=cfg.data.scale, hflip=cfg.data.hflip),
                             tokenizers=tokenizers, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                             rank=ctx.rank, world_size=ctx.world_size, workers=cfg.data.workers,
-                            start_step=start_step, subset=cfg.data.subset or None,
+                            start_step=start_step, subset=cfg.data.subset or None, keep=cfg.data.keep or None,
                             views=cached.cache.views() if cached else None)
 
     evaluator = Evaluator(retrieval=cfg.eval.retrieval, zero_shot=cfg.eval.zero_shot, num_images=cfg.eval.num_images,
