@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 # Enough to see what is wrong with a file without flooding the log; the rest are only counted.
 _MAX_ROW_WARNINGS = 20
+_REPLACEMENT = "\ufffd"  # what errors="replace" puts for bytes that are not UTF-8
 
 
 def _delimiter(separator: str) -> str:
@@ -40,6 +41,7 @@ class CsvPairs(torch.utils.data.Dataset):
         if not self.path.is_file():
             raise UserError(f"CSV file not found: {self.path}")
         self.bad: Counter = Counter()
+        self.replaced_captions = 0  # rows kept with undecodable caption bytes replaced
         try:
             self.images, self.captions, self.rows = self._read(image_key, caption_key, _delimiter(separator))
         except (UnicodeDecodeError, csv.Error) as err:
@@ -49,7 +51,9 @@ class CsvPairs(torch.utils.data.Dataset):
 
     def _read(self, image_key: str, caption_key: str, delimiter: str):
         images, captions, rows = [], [], []
-        with self.path.open(newline="", encoding="utf-8") as file:
+        # errors="replace": web captions often carry a stray Latin-1 or cut multi-byte sequence; the
+        # caption keeps its readable rest (bad bytes become U+FFFD) instead of costing the whole file.
+        with self.path.open(newline="", encoding="utf-8", errors="replace") as file:
             reader = csv.reader(file, delimiter=delimiter)
             header = next(reader, None)
             if header is None:
@@ -65,6 +69,8 @@ class CsvPairs(torch.utils.data.Dataset):
                 if kind:
                     self._skip(kind, reader.line_num)
                     continue
+                if _REPLACEMENT in fields[caption_col]:
+                    self._note_replaced(reader.line_num)
                 images.append(fields[image_col])
                 captions.append(fields[caption_col].strip())
                 rows.append(reader.line_num)
@@ -84,6 +90,11 @@ class CsvPairs(torch.utils.data.Dataset):
             log.warning("%s row %d: skipped (%s)", self.path, line, kind)
         elif sum(self.bad.values()) == _MAX_ROW_WARNINGS + 1:
             log.warning("%s: more bad rows; no longer listing them", self.path)
+
+    def _note_replaced(self, line: int) -> None:
+        self.replaced_captions += 1
+        if self.replaced_captions <= _MAX_ROW_WARNINGS:
+            log.warning("%s row %d: caption is not valid UTF-8; undecodable bytes replaced by U+FFFD", self.path, line)
 
     def __len__(self) -> int:
         return len(self.images)

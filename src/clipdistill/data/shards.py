@@ -44,10 +44,32 @@ def _is_remote(url: str) -> bool:
     return "://" in url or url.startswith("pipe:")
 
 
-def _log_and_continue(err: Exception) -> bool:
-    # webdataset's warn_and_continue sleeps 0.5 s per error; a truncated shard should not stall training.
-    log.warning("skipping unreadable shard data: %s", err)
-    return True
+class _ShardErrors:
+    """A webdataset handler that notes unreadable shard data (a truncated or corrupt tar) and goes on.
+
+    webdataset's warn_and_continue sleeps 0.5 s per error; a truncated shard should not stall training.
+    The stream reports the errors noted between two samples as one ``unreadable_shard`` bad sample
+    (webdataset reports one truncation twice: from the member reader and from the shard expander).
+    """
+
+    def __init__(self):
+        self.pending: list[str] = []
+
+    def __call__(self, err: Exception) -> bool:
+        log.warning("skipping unreadable shard data: %s", err)
+        self.pending.append(str(err))
+        return True
+
+    def drain(self) -> list[str]:
+        errors, self.pending = self.pending, []
+        return errors
+
+
+def _unsafe_key(key: str) -> bool:
+    # A tar member named ../x or /x: harmless while we only read, but keys become file and index
+    # names downstream (caches, exports), so such a sample is never let in.
+    parts = key.replace("\\", "/").split("/")
+    return key.startswith("/") or ".." in parts
 
 
 def to_pair(sample: dict) -> dict:
@@ -57,6 +79,8 @@ def to_pair(sample: dict) -> dict:
     :class:`BadSample` instead of an exception a handler must swallow.
     """
     key = sample["__key__"]
+    if _unsafe_key(key):
+        raise BadSample("unsafe_name", key)
     image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
     if image_ext is None:
         raise BadSample("missing_image", key)
@@ -77,7 +101,8 @@ class ShardPairs:
         self.shards = expand_shards(path)
         self.shuffle_buffer = shuffle_buffer
 
-    def _epoch_pipeline(self, epoch: int, seed: int, reader: int, readers: int) -> wds.DataPipeline:
+    def _epoch_pipeline(self, epoch: int, seed: int, reader: int, readers: int,
+                        handler: _ShardErrors) -> wds.DataPipeline:
         # Split with explicit arguments (wds.slice) instead of split_by_node/split_by_worker, which
         # read the rank from the environment: the caller decides who reads what.
         mine = wds.slice(reader, None, readers)
@@ -85,7 +110,7 @@ class ShardPairs:
         return wds.DataPipeline(
             wds.SimpleShardList(self.shards, seed=seed + epoch),  # epoch e: shard order from seed + e
             *([mine] if by_shard else []),
-            wds.tarfile_to_samples(handler=_log_and_continue),
+            wds.tarfile_to_samples(handler=handler),
             # Fewer shards than readers: everyone reads every shard and keeps every readers-th sample.
             *([] if by_shard else [mine]),
             wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer),
@@ -98,17 +123,26 @@ class ShardPairs:
         Yields ``{"image", "caption", "key", "epoch"}`` for good samples and ``{"bad": kind, "epoch"}``
         for unusable ones (the caller counts them). Raises UserError if a whole epoch is empty.
         """
+        shard_errors = _ShardErrors()
         for epoch in range(2**62):
             seen = 0
-            for raw in self._epoch_pipeline(epoch, seed, reader, readers):
+            for raw in self._epoch_pipeline(epoch, seed, reader, readers, shard_errors):
                 seen += 1
+                yield from self._unreadable(shard_errors, epoch)
                 try:
                     item = {**to_pair(raw), "epoch": epoch}
                 except BadSample as bad:
                     item = {"bad": bad.kind, "detail": bad.detail, "epoch": epoch}
                 yield item
+            yield from self._unreadable(shard_errors, epoch)
             if seen == 0:
                 raise UserError(f"{self!r}: reader {reader} of {readers} found no samples in its shards")
+
+    @staticmethod
+    def _unreadable(shard_errors: _ShardErrors, epoch: int) -> Iterator[dict]:
+        errors = shard_errors.drain()
+        if errors:
+            yield {"bad": "unreadable_shard", "detail": errors[0], "epoch": epoch}
 
     def __repr__(self) -> str:
         return f"ShardPairs('{self.path}', {len(self.shards)} shards)"
