@@ -96,3 +96,9 @@ def class_set():
         return ClassDataset(items, classnames, templates=["a photo of a {}.", "a drawing of a {}."])
 
     return build
+
+
+@pytest.fixture
+def solid():
+    """``solid(index, variant=0)``: the PIL image the oracle encoder reads as ``index``."""
+    return solid_image

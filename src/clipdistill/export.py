@@ -1,0 +1,69 @@
+"""``clipdistill export RUN_CHECKPOINT DIR``: a trained student as a plain open_clip model.
+
+Writes open_clip's own local/hub layout, which ``open_clip.create_model_and_transforms('local-dir:DIR')``
+(and ``hf-hub:`` once uploaded) loads with no clipdistill installed:
+
+- ``open_clip_config.json``: ``{"model_cfg": <the resolved architecture>, "preprocess_cfg": {...}}``;
+- ``open_clip_model.safetensors``: the student's weights only. Distillation-only parts (projection
+  heads, fusion heads, learnable KD scales, cluster centroids) live in the run's objective, never in
+  the student, and are left behind. The student is open_clip's own module, loaded strictly, so its
+  ``state_dict`` holds exactly the keys open_clip expects.
+
+Only safetensors is written (loading it never runs code).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from clipdistill.errors import UserError
+from clipdistill.models.checkpoints import load_weights
+from clipdistill.models.load_any import load_run_checkpoint, student_architecture
+from clipdistill.models.student import build_student
+
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+
+
+def _preprocess_cfg(image_spec) -> dict:
+    return {"size": image_spec.size, "mean": list(image_spec.mean), "std": list(image_spec.std),
+            "interpolation": image_spec.interpolation, "resize_mode": "shortest"}
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage and views: give it one contiguous copy per tensor.
+    return {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
+
+
+def export_run(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Export a run checkpoint's student to ``out_dir`` (created); returns the directory."""
+    from safetensors.torch import save_file
+
+    state = load_run_checkpoint(checkpoint)
+    student = build_student(student_architecture(state))
+    load_weights(student.model, state["student"], checkpoint)
+    weights = _weights(student.model)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": student.model_cfg, "preprocess_cfg": _preprocess_cfg(student.image_spec)}
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    save_file(weights, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt", "source": str(checkpoint)})
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="clipdistill export",
+                                     description="Export a run's student as an open_clip model directory.")
+    parser.add_argument("checkpoint", help="run checkpoint (runs/NAME/checkpoints/step_*.pt)")
+    parser.add_argument("out_dir", help="directory to write open_clip_config.json + open_clip_model.safetensors")
+    parser.add_argument("--format", default="openclip", choices=["openclip", "hf"],
+                        help="openclip (default); hf is not implemented yet")
+    args = parser.parse_args(argv)
+    if args.format == "hf":
+        raise UserError("--format hf is not implemented yet; export as openclip (loadable with local-dir:DIR)")
+    out = export_run(args.checkpoint, args.out_dir)
+    print(f"exported to {out}: load with open_clip.create_model_and_transforms('local-dir:{out}')")
+    return 0
