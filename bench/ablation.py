@@ -25,6 +25,9 @@ from pathlib import Path
 import torch
 
 from clipdistill import config as config_lib
+from clipdistill.curate.recipe import cid_losses, prepare_cid_data
+from clipdistill.data import build_dataset
+from clipdistill.models import load_teacher
 from clipdistill.train.checkpoint import list_checkpoints, load
 from clipdistill.train.loop import run
 
@@ -134,6 +137,29 @@ def row(results: dict) -> dict:
             **{k: 100 * metrics[k] for k in RECALLS}, "seconds": round(results["seconds"], 1)}
 
 
+# CLIP-CID (issue #5): CID on the whole student subset and on its semantically balanced part (43.7 % removed),
+# the CLIP-KD recipe on that same balanced part, and no KD on a random part of the same size.
+CID_METHODS = ("cid_full", "cid_balanced", "clipkd_balanced", "baseline_random")
+
+
+def prepare_cid(setup: dict, out: Path, teacher_weights: Path, data: str):
+    """Teacher embeddings of the student subset -> balanced keep list, random keep list, cluster centres."""
+    teacher = load_teacher("checkpoint", model=setup["teacher_arch"], path=str(teacher_weights))
+    spec = setup["common"]["data"]
+    dataset = build_dataset(spec["kind"], path=spec.get("path", ""), num_samples=spec.get("num_samples", 0),
+                            seed=spec.get("seed", 0))
+    # Flickr rows repeat each image with 5 captions: curate on image and caption, or an image's rows are "duplicates".
+    return prepare_cid_data(teacher, dataset, rows=setup["student"]["data"]["subset"], out_dir=out / "cid",
+                            space="image" if data == "synthetic" else "both")
+
+
+def cid_overrides(name: str, cid) -> dict:
+    losses = {"cid_full": cid_losses(cid.centroids), "cid_balanced": cid_losses(cid.centroids),
+              "clipkd_balanced": METHODS["clipkd"], "baseline_random": METHODS["baseline"]}[name]
+    keep = {"cid_full": "", "cid_balanced": cid.keep, "clipkd_balanced": cid.keep, "baseline_random": cid.random_keep}
+    return {"losses": losses, "data": {"keep": str(keep[name])}}
+
+
 def write_outputs(table: dict, out: Path, title: str) -> None:
     (out / "ablation.json").write_text(json.dumps(table, indent=2))
     lines = [f"| method | mean R | {' | '.join(k.replace('_retrieval_recall', '') for k in RECALLS)} | seconds |",
@@ -165,7 +191,7 @@ def main() -> None:
     parser.add_argument("--data", choices=["synthetic", "flickr8k"], default="synthetic")
     parser.add_argument("--out", required=True)
     parser.add_argument("--flickr-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/flickr8k"))
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of methods")
+    parser.add_argument("--methods", default=",".join([*METHODS, *CID_METHODS]), help="comma-separated methods")
     parser.add_argument("--teacher-steps", type=int, default=0)
     parser.add_argument("--student-steps", type=int, default=0)
     parser.add_argument("--progress", action="store_true")
@@ -178,9 +204,11 @@ def main() -> None:
     teacher_weights, teacher_results = train_teacher(setup, out, args.progress)
     table = {"teacher": row(teacher_results)}
     teacher = {"teacher": {"source": "checkpoint", "model": setup["teacher_arch"], "path": str(teacher_weights)}}
+    needs_cid = any(name in CID_METHODS for name in args.methods.split(","))
+    cid = prepare_cid(setup, out, teacher_weights, args.data) if needs_cid else None
     for name in args.methods.split(","):
         started = time.time()
-        losses = {"losses": METHODS[name]}
+        losses = {"losses": METHODS[name]} if name in METHODS else cid_overrides(name, cid)
         data = merged(BASE, setup["common"], setup["student"], {"train": {"progress": args.progress}},
                       {} if name == "baseline" else teacher, losses)
         table[name] = row(run(config_lib.from_dict(data), out / name))
