@@ -13,6 +13,9 @@ COMMANDS = {
     "cache": ("clipdistill.cache.command", "run the teacher once over a dataset; train from its stored embeddings"),
     "curate": ("clipdistill.curate.command", "remove semantic near-duplicates (CLIP-CID balance / SemDeDup)"),
     "cluster": ("clipdistill.curate.cluster_command", "k-means pseudo-labels of teacher embeddings (CLIP-CID)"),
+    "eval": ("clipdistill.eval.command", "evaluate a model (CLIP_benchmark tasks and schema, KD fidelity)"),
+    "report": ("clipdistill.eval.report", "merge evaluation JSONs into a markdown or CSV table"),
+    "export": ("clipdistill.export", "export a run's student as an open_clip model (safetensors)"),
 }
 
 USAGE = "usage: clipdistill <command> [options]\n\ncommands:\n" + "\n".join(

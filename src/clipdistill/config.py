@@ -93,14 +93,22 @@ class TrainConfig:
     save_every: int = 100
     keep_checkpoints: int = 2
     resume: str = ""  # "" | latest | path to a checkpoint
+    skip_nonfinite: int = 0  # skip (don't apply, count, log) up to N steps whose loss is NaN/inf; then stop
     progress: bool = True
 
 
 @dataclass
 class EvalConfig:
     every: int = 0  # evaluate every N steps (0 = only at the end)
+    # Dataset specs (see clipdistill.eval.datasets): synthetic, flickr:DIR[:SPLIT], coco:JSON:DIR, csv:FILE
+    # (retrieval); synthetic, imagefolder:DIR (zero-shot, linear probe). "" disables the task.
     retrieval: str = "synthetic"  # dataset spec; "" disables
     zero_shot: str = "synthetic"  # dataset spec; "" disables
+    linear_probe: str = ""  # test set spec (e.g. imagefolder:cifar10/test); needs linear_probe_train
+    linear_probe_train: str = ""  # train set spec (validation split carved from it)
+    classnames: str = ""  # zero-shot class names: imagenet | cifar10 | FILE; "" = from the folder names
+    templates: str = ""  # zero-shot prompts: imagenet | cifar10 | FILE; "" = the class set's own
+    fidelity: bool = True  # teacher-student fidelity metrics (needs a live teacher)
     num_images: int = 500  # size of the synthetic held-out sets
     batch_size: int = 256
 

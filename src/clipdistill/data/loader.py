@@ -14,6 +14,7 @@ Shards (WebDataset) are streamed; see :func:`_shard_loader` for what resume mean
 """
 from __future__ import annotations
 
+import logging
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -30,6 +31,11 @@ from clipdistill.data.synthetic import SyntheticPairs
 from clipdistill.errors import UserError
 
 KINDS = ("synthetic", "csv", "webdataset")
+
+log = logging.getLogger(__name__)
+# Each reader (process) names this many skipped samples in the log; the rest are only counted.
+_MAX_BAD_WARNINGS = 20
+_bad_warnings = 0
 
 # A slot tries its planned sample and then up to this many replacements before giving up.
 _MAX_CANDIDATES = 32
@@ -136,6 +142,16 @@ def _collate(prepared: list[dict], tokenizers: dict[str, Callable], bad: Counter
     return batch
 
 
+def _warn_skipped(kind: str, detail: str) -> None:
+    """Name a skipped sample (file, shard member) in the log, up to a limit per process."""
+    global _bad_warnings
+    _bad_warnings += 1
+    if _bad_warnings <= _MAX_BAD_WARNINGS:
+        log.warning("skipped sample (%s): %s", kind, detail)
+    elif _bad_warnings == _MAX_BAD_WARNINGS + 1:
+        log.warning("more skipped samples; no longer listing them (counts go to results.json)")
+
+
 def _checked(batches: Iterator[dict], name: str) -> Iterator[dict]:
     """Raise a worker's fatal report as a UserError, and stop early if most samples are unreadable."""
     attempted, bad = 0, Counter()
@@ -222,6 +238,7 @@ class _SlotReader(Dataset):
             except BadSample as err:
                 bad[err.kind] += 1
                 last_error = str(err)
+                _warn_skipped(err.kind, err.detail)
                 continue
             except OSError as err:  # a dataset that lets PIL/file errors through
                 bad["unreadable"] += 1
@@ -296,6 +313,7 @@ class _ShardBatches(IterableDataset):
         for item in self.shards.stream(seed=self.seed, reader=reader, readers=readers):
             if "bad" in item:
                 bad[item["bad"]] += 1
+                _warn_skipped(item["bad"], item.get("detail", ""))
                 bad_in_a_row += 1
                 if bad_in_a_row >= _MAX_CONSECUTIVE_BAD:
                     raise UserError(f"{self.shards!r}: {bad_in_a_row} unusable samples in a row ({dict(bad)})")

@@ -16,6 +16,21 @@ class BadDataTally:
         self.max_fraction = max_fraction
         self.counts = Counter(counts or {})
         self.good = good
+        # Rows a dataset dropped while reading its listing (a CSV's malformed rows). Read again on every
+        # start, so never saved; judged once against the listing's size, not against samples seen so far.
+        self.listed: Counter = Counter()
+
+    def add_listed(self, bad: dict, usable: int) -> None:
+        self.listed = Counter(bad)
+        dropped = sum(self.listed.values())
+        if dropped and dropped / (dropped + usable) > self.max_fraction:
+            raise UserError(f"{dropped} of {dropped + usable} rows unusable "
+                            f"({dropped / (dropped + usable):.1%} > data.max_bad_fraction={self.max_fraction}): "
+                            f"{dict(self.listed)}")
+
+    def summary(self) -> dict:
+        """Every skipped sample or row by kind: what results.json reports as ``bad_samples``."""
+        return dict(self.counts + self.listed)
 
     @property
     def total_bad(self) -> int:

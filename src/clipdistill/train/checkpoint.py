@@ -1,11 +1,13 @@
-"""Checkpoints: written atomically, the last K kept, ``resume=latest`` finds the newest.
+"""Checkpoints: written atomically, the last K kept, ``resume=latest`` finds the newest readable one.
 
 A checkpoint is a plain dict of tensors and primitives, loadable with ``weights_only=True``: loading
 one never runs code.
 """
 from __future__ import annotations
 
+import logging
 import os
+import pickle
 import re
 from pathlib import Path
 
@@ -14,6 +16,8 @@ import torch
 from clipdistill.errors import UserError
 
 _NAME = re.compile(r"step_(\d+)\.pt$")
+
+log = logging.getLogger("clipdistill.train")
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
@@ -34,7 +38,11 @@ def save(state: dict, directory: Path, step: int, keep: int) -> Path:
     path = checkpoint_path(directory, step)
     tmp = path.with_suffix(".pt.tmp")
     try:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as file:
+            torch.save(state, file)
+            # On disk before the rename: otherwise a power loss can leave a renamed but empty file.
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
@@ -57,8 +65,37 @@ def resolve_resume(resume: str, directory: Path) -> Path | None:
     return path
 
 
+def load_resume(resume: str, directory: Path) -> tuple[Path, dict] | None:
+    """The checkpoint ``resume`` names, loaded; None when there is nothing to resume from.
+
+    With ``latest``, an unreadable newest checkpoint (truncated by a crash of the machine, say) is
+    reported and the one before it is used: a run loses the steps since then, never the run.
+    """
+    path = resolve_resume(resume, directory)
+    if path is None or resume != "latest":
+        return None if path is None else (path, load(path))
+    for candidate in reversed(list_checkpoints(directory)):
+        try:
+            return candidate, load(candidate)
+        except UserError as err:
+            log.warning("%s; trying the checkpoint before it", err)
+    raise UserError(f"no readable checkpoint in {directory} to resume from")
+
+
 def load(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only refuses a pickle that would import (and then call) something; torch names the
+        # global it met. Its first line would suggest weights_only=False, which is the one thing not to do.
+        offending = next((line.strip() for line in str(err).splitlines() if "global" in line.lower()), None)
+        if offending:
+            raise UserError(f"refusing to load checkpoint {path}: it holds pickled code, not only tensors "
+                            f"({offending})") from None
+        raise UserError(f"cannot load checkpoint {path}: corrupt or not a checkpoint") from None
     except Exception as err:  # noqa: BLE001 - any unpickling failure means we must not trust the file
-        raise UserError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"cannot load checkpoint {path}: {_first_line(err)}") from None
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0]

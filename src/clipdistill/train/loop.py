@@ -31,7 +31,7 @@ from clipdistill.train.bad_data import BadDataTally
 from clipdistill.train.evaluation import Evaluator
 from clipdistill.train.metrics_log import MetricsLog
 from clipdistill.train.optim import build_optimizer, warmup_cosine
-from clipdistill.train.step import Distiller, train_step
+from clipdistill.train.step import Distiller, NonFiniteLoss, NonFiniteSkips, train_step
 
 log = logging.getLogger("clipdistill.train")
 
@@ -81,15 +81,17 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
 
     # --- resume: weights, optimizer, schedule, RNG, data position
     start_step, tally = 0, BadDataTally(cfg.data.max_bad_fraction)
-    resume_from = checkpoint.resolve_resume(cfg.train.resume, out_dir / "checkpoints")
-    if resume_from is not None:
-        state = checkpoint.load(resume_from)
+    nonfinite = NonFiniteSkips(cfg.train.skip_nonfinite)
+    resumed = checkpoint.load_resume(cfg.train.resume, out_dir / "checkpoints")
+    if resumed is not None:
+        resume_from, state = resumed
         distiller.student.load_state_dict(state["student"])
         distiller.objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         tally = BadDataTally.from_state(state["bad_data"], cfg.data.max_bad_fraction)
+        nonfinite = NonFiniteSkips(cfg.train.skip_nonfinite, skipped=state.get("skipped_nonfinite", 0))
         start_step = state["step"]
         log.info("resumed from %s at step %d", resume_from, start_step)
 
@@ -101,6 +103,8 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
     dataset = build_dataset(cfg.data.kind, path=cfg.data.path, num_samples=cfg.data.num_samples,
                             seed=cfg.data.seed, image_key=cfg.data.image_key, caption_key=cfg.data.caption_key,
                             separator=cfg.data.separator)
+    if hasattr(dataset, "bad"):  # rows a CSV dropped while being read: counted, judged against its size
+        tally.add_listed(dataset.bad, usable=len(dataset))
     batches = train_batches(dataset, transform=PairedTransform(specs, scale=cfg.data.scale, hflip=cfg.data.hflip),
                             tokenizers=tokenizers, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                             rank=ctx.rank, world_size=ctx.world_size, workers=cfg.data.workers,
@@ -108,7 +112,10 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
                             views=cached.cache.views() if cached else None)
 
     evaluator = Evaluator(retrieval=cfg.eval.retrieval, zero_shot=cfg.eval.zero_shot, num_images=cfg.eval.num_images,
-                          seed=cfg.data.seed, batch_size=cfg.eval.batch_size)
+                          seed=cfg.data.seed, batch_size=cfg.eval.batch_size, linear_probe=cfg.eval.linear_probe,
+                          linear_probe_train=cfg.eval.linear_probe_train, classnames=cfg.eval.classnames,
+                          templates=cfg.eval.templates, teacher=teacher if cfg.eval.fidelity else None,
+                          objective=distiller.objective)
     metrics_log = MetricsLog(out_dir, enabled=ctx.is_main)
     global_batch = cfg.train.batch_size * ctx.world_size
     progress = tqdm(total=cfg.train.steps, initial=start_step, disable=not (ctx.is_main and cfg.train.progress),
@@ -121,14 +128,19 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
         tally.add(batch["bad"], good=len(batch["key"]))
         tally.check()
         teacher_embeddings = targets(batch) if targets else None
-        loss, terms = train_step(model, batch, teacher_embeddings, optimizer=optimizer, scheduler=scheduler,
-                                 device=ctx.device, precision=cfg.train.precision, grad_clip=cfg.optim.grad_clip,
-                                 step=step + 1, accum_steps=cfg.train.accum_steps)
+        try:
+            loss, terms = train_step(model, batch, teacher_embeddings, optimizer=optimizer, scheduler=scheduler,
+                                     device=ctx.device, precision=cfg.train.precision, grad_clip=cfg.optim.grad_clip,
+                                     step=step + 1, accum_steps=cfg.train.accum_steps)
+        except NonFiniteLoss as err:  # re-raised (the run stops, checkpoints untouched) past train.skip_nonfinite
+            nonfinite.skip(err, scheduler)
+            loss, terms = None, {}
+            metrics_log.write(step + 1, {"skipped_nonfinite": nonfinite.skipped})
         done = step + 1
         window_steps += 1
         progress.update(1)
 
-        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+        if (done % cfg.train.log_every == 0 or done == cfg.train.steps) and loss is not None:
             samples_per_s = window_steps * global_batch / max(time.time() - window_start, 1e-9)
             values = {"loss": distributed.mean_across_ranks(loss).item(),
                       **{k: distributed.mean_across_ranks(v).item() for k, v in terms.items()},
@@ -142,16 +154,17 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
             _evaluate(evaluator, student, ctx, metrics_log, done)
 
         if done % cfg.train.save_every == 0 or done == cfg.train.steps:
-            _save(out_dir, cfg, done, distiller, optimizer, scheduler, tally, ctx)
+            _save(out_dir, cfg, done, distiller, optimizer, scheduler, tally, ctx, nonfinite.skipped)
 
     progress.close()
     final = _evaluate(evaluator, student, ctx, metrics_log, cfg.train.steps)
-    results = {"metrics": final, "bad_samples": tally.counts, "params": sum(p.numel() for p in student.model.parameters()),
+    results = {"metrics": final, "bad_samples": tally.summary(), "skipped_nonfinite_steps": nonfinite.skipped,
+               "params": sum(p.numel() for p in student.model.parameters()),
                "seconds": time.time() - started, "steps": cfg.train.steps}
     if ctx.is_main:
         (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-        if tally.total_bad:
-            log.warning("skipped %d unreadable samples: %s", tally.total_bad, tally.counts)
+        if tally.summary():
+            log.warning("skipped %d unreadable samples: %s", sum(tally.summary().values()), tally.summary())
     metrics_log.close()
     distributed.barrier()
     return results
@@ -186,11 +199,13 @@ def _evaluate(evaluator: Evaluator, student, ctx, metrics_log: MetricsLog, step:
     return metrics
 
 
-def _save(out_dir: Path, cfg, step: int, distiller: Distiller, optimizer, scheduler, tally: BadDataTally, ctx) -> None:
+def _save(out_dir: Path, cfg, step: int, distiller: Distiller, optimizer, scheduler, tally: BadDataTally, ctx,
+          skipped_nonfinite: int = 0) -> None:
     if ctx.is_main:
         state = {"step": step, "student": distiller.student.state_dict(), "objective": distiller.objective.state_dict(),
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": torch.get_rng_state(), "bad_data": tally.state(), "config": config_lib.to_dict(cfg)}
+                 "rng": torch.get_rng_state(), "bad_data": tally.state(), "skipped_nonfinite": skipped_nonfinite,
+                 "config": config_lib.to_dict(cfg)}
         checkpoint.save(state, out_dir / "checkpoints", step, keep=cfg.train.keep_checkpoints)
     distributed.barrier()
 

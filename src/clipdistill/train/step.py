@@ -1,14 +1,20 @@
 """One optimization step, and the module DDP wraps."""
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from contextlib import nullcontext
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from clipdistill import distributed
 from clipdistill.embeddings import Embeddings
 from clipdistill.errors import UserError
+
+log = logging.getLogger("clipdistill.train")
 
 
 class Distiller(nn.Module):
@@ -66,11 +72,45 @@ def _unwrap(model: nn.Module) -> Distiller:
     return model.module if hasattr(model, "module") else model
 
 
+def _all_finite(total: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank: all ranks must raise (or skip) together, or the
+    ranks that go on would wait forever in backward's all-reduce (a per-sample term like fd can be
+    non-finite on one rank only)."""
+    finite = torch.isfinite(total.detach()).float()
+    if distributed.is_distributed():
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
+
+
 def _check_finite(total: torch.Tensor, terms: dict, step: int) -> None:
-    if not torch.isfinite(total):
+    if not _all_finite(total):
         bad = [name for name, value in terms.items() if not torch.isfinite(value)] or ["total"]
         raise NonFiniteLoss(f"non-finite loss at step {step} in term(s) {', '.join(bad)}; "
                             "the last checkpoint is kept — lower optim.lr or check the data")
+
+
+class NonFiniteSkips:
+    """``train.skip_nonfinite``: up to ``limit`` steps with a non-finite loss are skipped, not fatal.
+
+    A skipped step uses up its batch and advances the lr schedule (lr stays a function of the step
+    number), but applies no update: weights and optimizer moments stay as they were. ``skipped``
+    counts over the whole run (it is saved in checkpoints), so a resume does not reset the limit.
+    """
+
+    def __init__(self, limit: int, skipped: int = 0):
+        self.limit, self.skipped = limit, skipped
+
+    def skip(self, err: NonFiniteLoss, scheduler) -> None:
+        """Count and log the skipped step, or re-raise once ``limit`` steps have been skipped."""
+        if self.skipped >= self.limit:
+            if self.limit:
+                raise NonFiniteLoss(f"{err} (after skipping {self.skipped}: train.skip_nonfinite={self.limit})")
+            raise err
+        self.skipped += 1
+        log.warning("%s", str(err).split(";")[0] + f"; step skipped ({self.skipped} of at most {self.limit})")
+        with warnings.catch_warnings():  # torch warns when the schedule moves before the optimizer ever stepped
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()
 
 
 def accumulate_gradients(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor,
