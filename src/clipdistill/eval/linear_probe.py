@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from tqdm import tqdm
 
+from clipdistill.errors import UserError
 from clipdistill.eval.encode import encode_labeled_images
 from clipdistill.eval.zero_shot import classification_metrics
 
@@ -116,7 +117,10 @@ def linear_probe_metrics(train_features, train_labels, test_features, test_label
     # CLIP_benchmark draws this permutation (its few-shot sampler) even with all shots.
     order = torch.randperm(len(train_features))
     train = (train_features[order], train_labels[order].long())
-    num_classes = int(train_labels.max()) + 1
+    # CLIP_benchmark counts train classes only (and crashes when validation has one more); ours counts both.
+    num_classes = int(max(train_labels.max(), val_labels.max() if val_labels is not None else -1)) + 1
+    if int(test_labels.max()) >= num_classes:
+        raise UserError(f"the linear-probe test set has class {int(test_labels.max())}, unseen in training")
     options = {"lr": lr, "epochs": epochs, "batch_size": batch_size, "seed": seed}
     weight_decay = 0.0
     if val_features is not None:
