@@ -1,0 +1,75 @@
+"""A full disk, an unwritable run directory, and the debris of a kill during a save."""
+import errno
+import os
+
+import pytest
+import torch
+
+from clipdistill import cli
+from clipdistill.errors import UserError
+from clipdistill.train import checkpoint
+
+
+def saved(directory, step, value):
+    return checkpoint.save({"step": step, "w": torch.full((3,), float(value))}, directory, step, keep=2)
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("where", ["torch.save", "os.replace"])
+def test_full_disk_at_save_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tmp_path, monkeypatch, where):
+    first = saved(tmp_path, 1, 1.0)
+    if where == "torch.save":
+        def half_then_full(state, file):  # some bytes reach the temp file, then the disk is full
+            file.write(b"PK\x03\x04 partial")
+            no_space()
+        monkeypatch.setattr(torch, "save", half_then_full)
+    else:
+        monkeypatch.setattr(os, "replace", no_space)
+    with pytest.raises(UserError) as err:
+        saved(tmp_path, 2, 2.0)
+    message = str(err.value)
+    assert message == f"could not write checkpoint {tmp_path / 'step_00000002.pt'}: No space left on device"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name]
+    assert checkpoint.load(first)["w"].eq(1.0).all()
+
+
+def test_resume_ignores_temp_files_and_falls_back_past_a_truncated_checkpoint(tmp_path, caplog):
+    good = saved(tmp_path, 4, 4.0)
+    truncated = saved(tmp_path, 6, 6.0)
+    truncated.write_bytes(truncated.read_bytes()[:100])  # what a crash of the machine can leave
+    (tmp_path / "step_00000008.pt.tmp").write_bytes(b"half of a save")  # a save killed before its rename
+    path, state = checkpoint.load_resume("latest", tmp_path)
+    assert path == good and state["step"] == 4
+    assert any("step_00000006.pt" in m and "trying the checkpoint before it" in m for m in caplog.messages)
+    with pytest.raises(UserError, match="cannot load checkpoint"):  # a path named explicitly is never replaced
+        checkpoint.load_resume(str(truncated), tmp_path)
+    good.write_bytes(b"")
+    with pytest.raises(UserError, match="no readable checkpoint"):
+        checkpoint.load_resume("latest", tmp_path)
+
+
+def test_unwritable_run_directory_fails_before_training(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("train: {progress: false}\n")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    code = cli.main(["train", str(config), "--out", str(blocker / "run"), "student.model=tiny",
+                     "data.num_samples=16", "train.batch_size=8"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"clipdistill train: error: cannot write to run directory {blocker / 'run'}")
+    assert "\n" not in err
+
+
+def test_full_disk_before_training_is_one_line(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    config = tmp_path / "c.yaml"
+    config.write_text("train: {progress: false}\n")
+    monkeypatch.setattr(Path, "write_text", no_space)
+    assert cli.main(["train", str(config), "--out", str(tmp_path / "run"), "student.model=tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"clipdistill train: error: cannot write to run directory {tmp_path / 'run'}: No space left on device"
