@@ -35,10 +35,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     progress = not args.no_progress
-    target = args.target_removal if args.threshold is not None or args.target_removal is not None else 0.437
+    # Neither given: the paper's 43.7 %.
+    target = None if args.threshold is not None else args.target_removal if args.target_removal is not None else 0.437
     x = load_unit_embeddings(args.embeddings, progress=progress)
-    result = curate(x, mode=args.mode, clusters=args.clusters or None,
-                    target_removal=None if args.threshold is not None else target, threshold=args.threshold,
+    result = curate(x, mode=args.mode, clusters=args.clusters or None, target_removal=target, threshold=args.threshold,
                     max_cluster_size=args.max_cluster_size, seed=args.seed, progress=progress)
     report = write_report(result, args.out, mode=args.mode, extra={"embeddings": str(args.embeddings)})
     print(f"kept {report['n_kept']} of {report['n_total']} rows (removed {100 * report['removal']:.1f} %, "
