@@ -39,6 +39,8 @@ class TeacherCache:
         manifest: the parsed ``manifest.json``.
         image: ``(N, V, D)`` stored image embeddings (storage dtype); ``text``: ``(N, D)``;
         view: ``(N, V, 5)`` int32 view parameters; rows in shard order, found by :meth:`rows`.
+        dataset_rows: ``(N,)`` int64 dataset position of each row (the shards' ``index`` tensor; -1 for
+            WebDataset input, which has no positions): what a keep list of cache rows maps through.
         extras: name -> per-row tensor (e.g. ``"cluster"`` pseudo-labels), see :mod:`clipdistill.cache.extras`.
     """
 
@@ -51,7 +53,8 @@ class TeacherCache:
         self.index = KeyIndex.load(self.directory)
         parts = [read_shard(shard_path(self.directory, n, self.manifest["storage"]))[0]
                  for n in range(self.manifest["num_shards"])]
-        self.image, self.text, self.view = (torch.cat([p[name] for p in parts]) for name in ("image", "text", "view"))
+        self.image, self.text, self.view, self.dataset_rows = (
+            torch.cat([p[name] for p in parts]) for name in ("image", "text", "view", "index"))
         if self.image.shape[0] != len(self.index):
             raise UserError(f"teacher cache {self.directory}: shards hold {self.image.shape[0]} samples, the index "
                             f"{len(self.index)}; rebuild it")

@@ -1,16 +1,22 @@
-"""``clipdistill curate``: semantic balance (CLIP-CID) or SemDeDup of an embedding file.
+"""``clipdistill curate``: semantic balance (CLIP-CID) or SemDeDup of an embedding file or a teacher cache.
 
     clipdistill curate --embeddings emb.npy --out curated/ --target-removal 0.437
+    clipdistill curate --embeddings runs/cache --out curated/          # a clipdistill cache directory
     clipdistill train my.yaml --out runs/x data.keep=curated/keep.npy
+
+``keep.npy`` always names dataset rows: a ``.npy``'s rows are taken to be dataset rows; a cache's rows
+(shard order, bad samples left out) are mapped to the dataset positions the cache recorded.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 
+import numpy as np
+
 from clipdistill.curate.balance import MODES, curate
 from clipdistill.curate.report import write_report
-from clipdistill.curate.sources import load_unit_embeddings
+from clipdistill.curate.sources import is_cache, load_unit_embeddings, read_cache
 
 log = logging.getLogger("clipdistill.curate")
 
@@ -18,7 +24,8 @@ log = logging.getLogger("clipdistill.curate")
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipdistill curate", description="Remove semantic near-duplicates, "
                                 "cluster by cluster; writes DIR/keep.npy, DIR/report.json, DIR/report.png.")
-    p.add_argument("--embeddings", required=True, help="(N, D) float .npy of (teacher image) embeddings")
+    p.add_argument("--embeddings", required=True, help="(N, D) float .npy of (teacher image) embeddings, in "
+                   "dataset row order, or a teacher-cache directory (clipdistill cache; its image view 0 is used)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--mode", choices=MODES, default="cid",
                    help="cid: transitive groups keep their most central member; semdedup: SemDeDup's rule")
@@ -32,15 +39,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def load_input(path: str, progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The unit embeddings to curate and, for a teacher cache, the dataset row of each of them (None: a .npy,
+    whose rows are dataset rows). A cache without dataset rows is refused here, before the work."""
+    if not is_cache(path):
+        return load_unit_embeddings(path, progress=progress), None
+    cache = read_cache(path, progress=progress)
+    return cache.image, cache.require_dataset_rows()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     progress = not args.no_progress
     # Neither given: the paper's 43.7 %.
     target = None if args.threshold is not None else args.target_removal if args.target_removal is not None else 0.437
-    x = load_unit_embeddings(args.embeddings, progress=progress)
+    x, dataset_rows = load_input(args.embeddings, progress)
     result = curate(x, mode=args.mode, clusters=args.clusters or None, target_removal=target, threshold=args.threshold,
                     max_cluster_size=args.max_cluster_size, seed=args.seed, progress=progress)
-    report = write_report(result, args.out, mode=args.mode, extra={"embeddings": str(args.embeddings)})
+    keep = None if dataset_rows is None else np.sort(dataset_rows[result.keep])
+    report = write_report(result, args.out, mode=args.mode, keep=keep, extra={"embeddings": str(args.embeddings)})
     print(f"kept {report['n_kept']} of {report['n_total']} rows (removed {100 * report['removal']:.1f} %, "
           f"ε = {report['threshold']:.4f}, {report['clusters']} clusters) in {report['seconds']:.1f} s -> {args.out}")
     return 0

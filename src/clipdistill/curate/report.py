@@ -17,10 +17,13 @@ def per_cluster_removal(result: CurateResult) -> np.ndarray:
     return np.where(sizes > 0, 1.0 - kept / np.maximum(sizes, 1), 0.0)
 
 
-def write_report(result: CurateResult, out_dir: str | Path, *, mode: str, extra: dict | None = None) -> dict:
+def write_report(result: CurateResult, out_dir: str | Path, *, mode: str, extra: dict | None = None,
+                 keep: np.ndarray | None = None) -> dict:
+    """Write the outputs; ``keep.npy`` holds ``keep`` if given (the kept rows renamed, e.g. a teacher cache's
+    rows as dataset rows), else ``result.keep``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "keep.npy", result.keep)
+    np.save(out / "keep.npy", result.keep if keep is None else keep)
     report = {"n_total": result.n_total, "n_kept": int(len(result.keep)), "removal": result.removal,
               "threshold": result.threshold, "min_duplicate_cosine": 1.0 - result.threshold,
               "clusters": int(len(result.centroids)), "mode": mode, "seconds": round(result.seconds, 2),

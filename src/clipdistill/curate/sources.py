@@ -1,6 +1,12 @@
-"""Read the embeddings to curate: a ``.npy`` file (N×D float) or, later, a teacher cache directory."""
+"""Read the embeddings to curate or cluster: a ``.npy`` file (N×D float) or a teacher-cache directory.
+
+A cache (written by ``clipdistill cache``) holds rows in shard order, without the samples that were
+skipped as bad, so its row numbers are not dataset rows: :class:`CacheEmbeddings` carries each row's
+dataset position (the ``index`` tensor every shard stores) for whoever must name dataset rows.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +17,20 @@ from clipdistill.errors import UserError
 BLOCK = 65536
 
 
+def is_cache(path: str | Path) -> bool:
+    """A directory is taken for a teacher cache; :class:`~clipdistill.cache.TeacherCache` checks that it is one."""
+    return Path(path).is_dir()
+
+
 def load_unit_embeddings(path: str | Path, *, progress: bool = False) -> np.ndarray:
-    """``(N, D)`` float32 rows scaled to unit length.
+    """``(N, D)`` float32 rows of a ``.npy`` file, scaled to unit length.
 
     float32 input is loaded once and normalized in place (peak memory: one copy of the data); other
     dtypes are memory-mapped and converted block by block into one float32 array.
     """
     path = Path(path)
     if path.is_dir():
-        # TODO(cache): read image embeddings from a teacher-cache directory once clipdistill.cache has a
-        # reader (being built in parallel); until then export them to .npy.
-        raise UserError(f"{path} is a directory: teacher-cache input is not supported yet; pass a .npy file")
+        raise UserError(f"{path} is a directory, not a .npy file (read a teacher cache with read_cache)")
     if not path.is_file():
         raise UserError(f"embeddings file not found: {path}")
     try:
@@ -30,13 +39,54 @@ def load_unit_embeddings(path: str | Path, *, progress: bool = False) -> np.ndar
         raise UserError(f"{path}: not a readable .npy array ({err})") from None
     if raw.ndim != 2 or not np.issubdtype(raw.dtype, np.floating) or len(raw) == 0:
         raise UserError(f"{path}: expected a non-empty (N, D) float array, got {raw.dtype} {raw.shape}")
-    x = np.load(path) if raw.dtype == np.float32 else np.empty(raw.shape, dtype=np.float32)
+    if raw.dtype == np.float32:
+        return _normalize_rows(np.load(path), path, progress)
+    return _normalize_rows(np.empty(raw.shape, dtype=np.float32), path, progress, source=raw)
+
+
+@dataclass
+class CacheEmbeddings:
+    """Unit-norm float32 embeddings of a teacher cache, rows in the cache's order (shard order)."""
+
+    image: np.ndarray  # (N, D) the first stored view of each image (view 0)
+    text: np.ndarray | None  # (N, D) when asked for
+    dataset_rows: np.ndarray  # (N,) int64 dataset position of each row; -1 for WebDataset input
+    directory: Path
+
+    def require_dataset_rows(self) -> np.ndarray:
+        """``dataset_rows``, refused when the cache has none (a keep list must name dataset rows)."""
+        if np.any(self.dataset_rows < 0):
+            raise UserError(f"teacher cache {self.directory} was written from WebDataset shards, whose samples have "
+                            f"no dataset rows: a keep list needs a cache of a map-style dataset (synthetic, csv)")
+        return self.dataset_rows
+
+
+def read_cache(directory: str | Path, *, text: bool = False, progress: bool = False) -> CacheEmbeddings:
+    """Image (and, with ``text``, caption) embeddings of a complete teacher cache.
+
+    The cache stores ``V`` augmented views per image, ``(N, V, D)``; the first one (view 0) stands for
+    the image. Curation and k-means see one vector per sample, and view 0 exists whatever ``V`` is.
+    """
+    from clipdistill.cache.reader import TeacherCache  # torch and safetensors, only when a cache is read
+
+    cache = TeacherCache(directory)  # one-line UserError if it is not a cache or is incomplete
+    if len(cache) == 0:
+        raise UserError(f"teacher cache {directory} holds no samples")
+    image = _normalize_rows(cache.image[:, 0].float().contiguous().numpy(), directory, progress)
+    captions = _normalize_rows(cache.text.float().contiguous().numpy(), directory, progress) if text else None
+    return CacheEmbeddings(image=image, text=captions, dataset_rows=cache.dataset_rows.numpy(),
+                           directory=Path(directory))
+
+
+def _normalize_rows(x: np.ndarray, name, progress: bool, source: np.ndarray | None = None) -> np.ndarray:
+    """Scale the rows of float32 ``x`` to unit length in place, block by block, first copying each block
+    from ``source`` when given (so a memory-mapped non-float32 file is converted without a second copy)."""
     for start in tqdm(range(0, len(x), BLOCK), desc="normalize", unit="block", disable=not progress):
         block = x[start:start + BLOCK]
-        if raw.dtype != np.float32:
-            block[:] = raw[start:start + BLOCK]
+        if source is not None:
+            block[:] = source[start:start + BLOCK]
         norms = np.linalg.norm(block, axis=1, keepdims=True)
         if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-            raise UserError(f"{path}: rows near {start} are zero or not finite")
+            raise UserError(f"{name}: rows near {start} are zero or not finite")
         block /= norms
     return x
