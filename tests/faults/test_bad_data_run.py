@@ -3,6 +3,7 @@ results.json counts each kind; past data.max_bad_fraction it stops with the summ
 import json
 
 from clipdistill import cli
+from clipdistill.train import checkpoint
 from faults.corpus import IMAGES, jpeg
 
 GOOD = 40
@@ -46,3 +47,32 @@ def test_too_many_bad_rows_stop_the_run_with_the_summary(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "data.max_bad_fraction=0.01" in err
     assert "'malformed_row': 1" in err and "'empty_caption': 1" in err
+
+
+def test_past_max_bad_fraction_the_run_stops_keeps_its_checkpoint_and_resumes_below_the_limit(tmp_path, capsys,
+                                                                                               caplog):
+    # About 1 draw in 12 is a bad file. Batches of 32: the fraction is first judged on the 6th batch (200
+    # samples attempted), before step 6 trains: the checkpoints of steps 2 and 4 exist.
+    big = ["train.batch_size=32", "train.save_every=2", "train.keep_checkpoints=2"]
+    assert train(tmp_path, *big, "data.max_bad_fraction=0.05") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("clipdistill train: error: ")
+    bad_count, attempted = (int(n) for n in err.split(" samples unreadable")[0].split()[-3::2])
+    assert 200 <= attempted < 240 and f"({bad_count / attempted:.1%} > data.max_bad_fraction=0.05)" in err
+    assert "raise data.max_bad_fraction" in err
+    for kind in ("corrupt_image", "empty_file", "decompression_bomb", "missing_file"):
+        assert f"'{kind}': " in err
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_00000002.pt", "step_00000004.pt"]
+    assert not (tmp_path / "run" / "results.json").exists()
+    saved = checkpoint.load(checkpoints / "step_00000004.pt")
+    assert saved["step"] == 4 and sum(saved["bad_data"]["counts"].values()) < bad_count
+
+    # Raising the limit, the same command resumes from that checkpoint and completes.
+    assert train(tmp_path, *big, "data.max_bad_fraction=0.2", "resume=latest") == 0
+    assert any("resumed from" in m and "step_00000004.pt" in m for m in caplog.messages)
+    bad = json.loads((tmp_path / "run" / "results.json").read_text())["bad_samples"]
+    final = checkpoint.load(checkpoints / "step_00000008.pt")["bad_data"]
+    # Rows a CSV drops while being read are counted too (read again on every start, so not saved).
+    assert bad == {**final["counts"], "malformed_row": 1, "empty_caption": 1}
+    assert sum(final["counts"].values()) / (final["good"] + sum(final["counts"].values())) > 0.05

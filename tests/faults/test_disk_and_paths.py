@@ -73,3 +73,57 @@ def test_full_disk_before_training_is_one_line(tmp_path, monkeypatch, capsys):
     assert cli.main(["train", str(config), "--out", str(tmp_path / "run"), "student.model=tiny"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"clipdistill train: error: cannot write to run directory {tmp_path / 'run'}: No space left on device"
+
+
+def short_run(tmp_path, *overrides):
+    config = tmp_path / "c.yaml"
+    config.write_text("train: {progress: false}\n")
+    return cli.main(["train", str(config), "--out", str(tmp_path / "run"), "student.model=tiny",
+                     "data.num_samples=16", "train.batch_size=8", "train.steps=4", "train.save_every=2",
+                     "train.log_every=1", "eval.retrieval=", "eval.zero_shot=", *overrides])
+
+
+def test_full_disk_at_metrics_jsonl_stops_with_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
+    from clipdistill.train import metrics_log
+
+    real_open = open
+
+    def disk_fills_after_two_lines(path, *args, **kwargs):
+        file = real_open(path, *args, **kwargs)
+        lines = []
+
+        def write(text):  # the third record (step 3, after the checkpoint of step 2) finds the disk full
+            lines.append(text)
+            if len(lines) == 3:
+                no_space()
+            return type(file).write(file, text)
+
+        file.write = write
+        return file
+
+    monkeypatch.setattr(metrics_log, "open", disk_fills_after_two_lines, raising=False)
+    assert short_run(tmp_path) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"clipdistill train: error: could not write training metrics in {tmp_path / 'run'} "
+                   "(metrics.jsonl, tensorboard/): No space left on device; the last checkpoint is kept")
+    found = checkpoint.list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert [p.name for p in found] == ["step_00000002.pt"] and checkpoint.load(found[0])["step"] == 2
+
+
+def test_full_disk_at_results_json_leaves_no_partial_file_and_keeps_the_final_checkpoint(tmp_path, monkeypatch,
+                                                                                          capsys):
+    real_replace = os.replace
+
+    def full_for_results(src, dst):
+        if str(dst).endswith("results.json"):
+            no_space()
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_for_results)
+    assert short_run(tmp_path) == 2
+    err = capsys.readouterr().err.strip()
+    results = tmp_path / "run" / "results.json"
+    assert err == f"clipdistill train: error: could not write {results}: No space left on device"
+    assert not list((tmp_path / "run").glob("results.json*"))
+    final = checkpoint.list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    assert checkpoint.load(final)["step"] == 4

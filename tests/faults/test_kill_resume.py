@@ -127,7 +127,7 @@ def uninterrupted(tmp_path: Path) -> dict:
 def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
     out = tmp_path / "killed"
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["clipdistill.train.loop", "faults.forked_cli"])
+    context.set_forkserver_preload(forked_cli.PRELOAD)
     multiprocessing.forkserver.ensure_running()  # imports while the reference trains
     expected = uninterrupted(tmp_path)
     points = kill_points(random.Random(KILL_SEED), 3)

@@ -11,9 +11,13 @@
 4. ``cid``: union-find (connected components) over the spanning-forest edges above t; each component
    keeps its member most similar to its k-means centroid. ``semdedup``: rows whose score exceeds t go;
    each duplicate chain keeps its member farthest from the centroid, as SemDeDup does.
+
+Given a ``WorkDir`` (``resume``), steps 1 and 2 are stored as they finish, step 2 in chunks of groups,
+and a rerun skips what is stored: ``clipdistill curate`` resumes after a kill.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -26,9 +30,12 @@ from tqdm import tqdm
 from clipdistill.curate.duplicates import max_similarity_to_earlier, maximum_spanning_forest
 from clipdistill.curate.kmeans import hierarchical_kmeans
 from clipdistill.curate.partition import groups_of, split_oversized
+from clipdistill.curate.resume import Clustering, WorkDir
 from clipdistill.errors import UserError
 
 MODES = ("cid", "semdedup")
+
+log = logging.getLogger("clipdistill.curate")
 
 
 @dataclass
@@ -64,22 +71,40 @@ def default_clusters(n: int) -> int:
 
 def curate(x: np.ndarray, *, mode: str = "cid", clusters: int | None = None, target_removal: float | None = None,
            threshold: float | None = None, max_cluster_size: int = 2048, iterations: int = 20, seed: int = 0,
-           progress: bool = False) -> CurateResult:
-    """Curate unit-norm float32 embeddings ``x`` (N, D); exactly one of ``target_removal``/``threshold``."""
+           progress: bool = False, work: WorkDir | None = None) -> CurateResult:
+    """Curate unit-norm float32 embeddings ``x`` (N, D); exactly one of ``target_removal``/``threshold``.
+
+    With ``work``, finished steps are stored there and stored ones are reused (see ``resume``).
+    """
     _check_arguments(mode, target_removal, threshold)
     started, timings = time.time(), {}
     k = clusters or default_clusters(len(x))
-    labels, centrality, centroids = hierarchical_kmeans(x, k, iterations=iterations, seed=seed, progress=progress)
+    if work is not None:
+        work.start(x, {"mode": mode, "clusters": k, "max_cluster_size": max_cluster_size, "iterations": iterations,
+                       "seed": seed})
+    clustering = work.load_clustering() if work is not None else None
+    if clustering is None:
+        clustering = _cluster(x, k, max_cluster_size=max_cluster_size, iterations=iterations, seed=seed,
+                              progress=progress)
+        if work is not None:
+            work.save_clustering(clustering)
     timings["kmeans"] = time.time() - started
-    groups = split_oversized(x, groups_of(labels), max_cluster_size, seed=seed)
     mark = time.time()
-    scores = _duplicate_scores(x, groups, centrality, mode, progress)
+    scores = _duplicate_scores(x, clustering.groups, clustering.centrality, mode, progress, work)
     timings["pairwise"] = time.time() - mark
+    # Chosen from every group's scores at once: the same whether they were computed now or stored.
     t = np.float64(1.0 - threshold) if threshold is not None else pick_threshold(scores.values, target_removal, len(x))
-    keep = _keep_cid(scores, t, centrality) if mode == "cid" else np.flatnonzero(~(scores.values > t))
-    return CurateResult(keep=np.sort(keep).astype(np.int64), threshold=float(1.0 - t), labels=labels,
-                        centroids=centroids, scores=scores.values, n_total=len(x), seconds=time.time() - started,
-                        timings=timings)
+    keep = _keep_cid(scores, t, clustering.centrality) if mode == "cid" else np.flatnonzero(~(scores.values > t))
+    return CurateResult(keep=np.sort(keep).astype(np.int64), threshold=float(1.0 - t), labels=clustering.labels,
+                        centroids=clustering.centroids, scores=scores.values, n_total=len(x),
+                        seconds=time.time() - started, timings=timings)
+
+
+def _cluster(x, k: int, *, max_cluster_size: int, iterations: int, seed: int, progress: bool) -> Clustering:
+    """k-means, then oversized clusters split into the groups that pairwise work runs on."""
+    labels, centrality, centroids = hierarchical_kmeans(x, k, iterations=iterations, seed=seed, progress=progress)
+    groups = split_oversized(x, groups_of(labels), max_cluster_size, seed=seed)
+    return Clustering(labels, centrality, centroids, groups)
 
 
 def _check_arguments(mode: str, target_removal: float | None, threshold: float | None) -> None:
@@ -93,19 +118,42 @@ def _check_arguments(mode: str, target_removal: float | None, threshold: float |
         raise UserError(f"--threshold ε must be in [0, 2] (cosine > 1 − ε), got {threshold}")
 
 
-def _duplicate_scores(x, groups, centrality, mode: str, progress: bool) -> _Scores:
-    parts = []
+def _duplicate_scores(x, groups, centrality, mode: str, progress: bool, work: WorkDir | None) -> _Scores:
+    """Every group's scores, a chunk of groups at a time; with ``work``, each chunk is stored once done."""
+    size = work.chunk_groups if work is not None else max(1, len(groups))
+    chunks, reused = [], 0
     # One BLAS thread: for ~500 × 500 products, threading overhead made them 7x slower on 2 cores (measured).
-    with threadpool_limits(1):
-        for members in tqdm(groups, desc=f"{mode} pairwise", unit="cluster", disable=not progress):
-            parts.append(_group_scores(x, members, centrality, mode))
+    with threadpool_limits(1), tqdm(total=len(groups), desc=f"{mode} pairwise", unit="cluster",
+                                    disable=not progress) as bar:
+        for first in range(0, len(groups), size):
+            chunk = work.load_scores(first) if work is not None else None
+            reused += chunk is not None
+            if chunk is None:
+                chunk = _chunk_scores(x, groups[first:first + size], centrality, mode, bar)
+                if work is not None:
+                    work.save_scores(first, chunk)
+            else:
+                bar.update(len(groups[first:first + size]))
+            chunks.append(chunk)
+    if reused:
+        log.info("pairwise scores of %d of %d chunks reused from %s", reused, len(chunks), work.path)
+    columns = [np.concatenate(column) for column in zip(*chunks)]
     if mode == "cid":
-        u, v, w = (np.concatenate(column) for column in zip(*parts))
+        u, v, w = columns
         return _Scores(w, u, v)
+    members, values = columns
     scores = np.full(len(x), -np.inf, dtype=np.float32)
-    for members, values in parts:
-        scores[members] = values
+    scores[members] = values
     return _Scores(scores)
+
+
+def _chunk_scores(x, groups, centrality, mode: str, bar) -> tuple[np.ndarray, ...]:
+    """The groups' ``_group_scores``, column by column, in group order."""
+    parts = []
+    for members in groups:
+        parts.append(_group_scores(x, members, centrality, mode))
+        bar.update(1)
+    return tuple(np.concatenate(column) for column in zip(*parts))
 
 
 def _group_scores(x, members, centrality, mode: str) -> tuple[np.ndarray, ...]:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 import numpy as np
 
 from clipdistill.curate.balance import MODES, curate
 from clipdistill.curate.report import write_report
+from clipdistill.curate.resume import WorkDir
 from clipdistill.curate.sources import is_cache, load_unit_embeddings, read_cache
 
 log = logging.getLogger("clipdistill.curate")
@@ -54,10 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     # Neither given: the paper's 43.7 %.
     target = None if args.threshold is not None else args.target_removal if args.target_removal is not None else 0.437
     x, dataset_rows = load_input(args.embeddings, progress)
+    # Killed, the same command continues from what this directory holds (see curate/resume.py).
+    work = WorkDir(Path(args.out) / ".work", source=args.embeddings)
     result = curate(x, mode=args.mode, clusters=args.clusters or None, target_removal=target, threshold=args.threshold,
-                    max_cluster_size=args.max_cluster_size, seed=args.seed, progress=progress)
+                    max_cluster_size=args.max_cluster_size, seed=args.seed, progress=progress, work=work)
     keep = None if dataset_rows is None else np.sort(dataset_rows[result.keep])
     report = write_report(result, args.out, mode=args.mode, keep=keep, extra={"embeddings": str(args.embeddings)})
+    work.remove()  # only once every output is written: until then a rerun still resumes
     print(f"kept {report['n_kept']} of {report['n_total']} rows (removed {100 * report['removal']:.1f} %, "
           f"ε = {report['threshold']:.4f}, {report['clusters']} clusters) in {report['seconds']:.1f} s -> {args.out}")
     return 0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipdistill.atomic import write_atomic, write_text_atomic
 from clipdistill.curate.balance import CurateResult
 
 
@@ -23,12 +24,13 @@ def write_report(result: CurateResult, out_dir: str | Path, *, mode: str, extra:
     rows as dataset rows), else ``result.keep``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "keep.npy", result.keep if keep is None else keep)
+    # Each output is written whole or not at all: a kill or a full disk never leaves a truncated keep list.
+    write_atomic(out / "keep.npy", lambda file: np.save(file, result.keep if keep is None else keep))
     report = {"n_total": result.n_total, "n_kept": int(len(result.keep)), "removal": result.removal,
               "threshold": result.threshold, "min_duplicate_cosine": 1.0 - result.threshold,
               "clusters": int(len(result.centroids)), "mode": mode, "seconds": round(result.seconds, 2),
               "timings": {k: round(v, 2) for k, v in result.timings.items()}, **(extra or {})}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2))
     _plot(result, out / "report.png")
     return report
 
@@ -49,5 +51,5 @@ def _plot(result: CurateResult, path: Path) -> None:
     right.set(title="duplicate-score similarity", xlabel="cosine", ylabel="count")
     right.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda file: fig.savefig(file, format="png", dpi=110))
     plt.close(fig)

@@ -43,9 +43,11 @@ class BadDataTally:
     def check(self) -> None:
         attempted = self.good + self.total_bad
         if attempted >= _MIN_ATTEMPTS and self.total_bad / attempted > self.max_fraction:
+            # Raised before the step trains: the run's checkpoints are the ones of good steps.
             raise UserError(f"{self.total_bad} of {attempted} samples unreadable "
                             f"({self.total_bad / attempted:.1%} > data.max_bad_fraction={self.max_fraction}): "
-                            f"{dict(self.counts)}")
+                            f"{dict(self.counts)}; fix the data or raise data.max_bad_fraction "
+                            "(resume=latest continues from the last checkpoint)")
 
     def state(self) -> dict:
         return {"counts": dict(self.counts), "good": self.good}

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from clipdistill import config as config_lib
 from clipdistill import distributed
+from clipdistill.atomic import write_text_atomic
 from clipdistill.cache.training import open_for_training
 from clipdistill.data import build_dataset, train_batches
 from clipdistill.data.transforms import PairedTransform
@@ -44,8 +45,7 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     ctx = distributed.setup()
     if ctx.is_main:
-        _prepare_out_dir(out_dir)
-        config_lib.dump(cfg, out_dir / "config.yaml")
+        _prepare_out_dir(out_dir, cfg)
     torch.manual_seed(cfg.train.seed)
 
     # --- models: student (trained), teacher (frozen, only if some loss needs it), objective
@@ -162,7 +162,9 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
                "params": sum(p.numel() for p in student.model.parameters()),
                "seconds": time.time() - started, "steps": cfg.train.steps}
     if ctx.is_main:
-        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+        # Atomic: a full disk here ends the run with one line and no half-written results; the final
+        # checkpoint is already saved.
+        write_text_atomic(out_dir / "results.json", json.dumps(results, indent=2))
         if tally.summary():
             log.warning("skipped %d unreadable samples: %s", sum(tally.summary().values()), tally.summary())
     metrics_log.close()
@@ -170,13 +172,11 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
     return results
 
 
-def _prepare_out_dir(out_dir: Path) -> None:
-    """Fail before training if the run directory cannot be written."""
+def _prepare_out_dir(out_dir: Path, cfg: config_lib.Config) -> None:
+    """Fail before training if the run directory cannot be written: writing the resolved config is the test."""
     try:
         (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
+        config_lib.dump(cfg, out_dir / "config.yaml")
     except OSError as err:
         raise UserError(f"cannot write to run directory {out_dir}: {err.strerror or err}") from None
 

@@ -2,31 +2,52 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
+
+from clipdistill.errors import UserError
 
 
 class MetricsLog:
-    """Append-only metrics on the main rank; a no-op elsewhere."""
+    """Append-only metrics on the main rank; a no-op elsewhere.
+
+    A write that fails (a full disk) stops the run with one line: the numbers of the steps since then
+    would be lost, and the next checkpoint save would fail on the same disk. Checkpoints are separate
+    files, so the last one is untouched.
+    """
 
     def __init__(self, out_dir: Path, enabled: bool):
         self.enabled = enabled
+        self._path = out_dir / "metrics.jsonl"
         self._file = self._writer = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._file = open(out_dir / "metrics.jsonl", "a", encoding="utf-8")
-            self._writer = SummaryWriter(str(out_dir / "tensorboard"))
+            with self._reporting_failures():
+                self._file = open(self._path, "a", encoding="utf-8")
+                self._writer = SummaryWriter(str(out_dir / "tensorboard"))
 
     def write(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
         if not self.enabled:
             return
         record = {"step": step, **{k: float(v) for k, v in values.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        for key, value in values.items():
-            self._writer.add_scalar(f"{prefix}/{key}", float(value), step)
+        with self._reporting_failures():
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+            # TensorBoard writes from a thread of its own; its failure surfaces here on a later call.
+            for key, value in values.items():
+                self._writer.add_scalar(f"{prefix}/{key}", float(value), step)
 
     def close(self) -> None:
         if self.enabled:
-            self._file.close()
-            self._writer.close()
+            with self._reporting_failures():
+                self._file.close()
+                self._writer.close()
+
+    @contextmanager
+    def _reporting_failures(self):
+        try:
+            yield
+        except OSError as err:
+            raise UserError(f"could not write training metrics in {self._path.parent} (metrics.jsonl, "
+                            f"tensorboard/): {err.strerror or err}; the last checkpoint is kept") from None

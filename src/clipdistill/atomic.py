@@ -1,0 +1,37 @@
+"""Writing a file so that a kill or a full disk leaves the previous version or the new one, never half.
+
+    write_atomic(out / "results.json", lambda f: f.write(text.encode()))
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from clipdistill.errors import UserError
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(file)`` on ``PATH.tmp``, then rename it over ``path``.
+
+    Readers (and a rerun after a kill) see either the old file or the whole new one; a stale ``.tmp``
+    is never read. A failure (``ENOSPC``, say) removes the temporary file and raises one line naming
+    ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as file:
+            write(file)
+            # On disk before the rename: otherwise a machine crash can leave a renamed but empty file.
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not write {path}: {err.strerror or err}") from None
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_atomic(path, lambda file: file.write(text.encode("utf-8")))
