@@ -3,15 +3,17 @@
     python bench/ablation.py --data synthetic --out runs/ablation-synthetic
     python bench/ablation.py --data flickr8k  --out runs/ablation-flickr8k [--flickr-dir ../shared/data/flickr8k]
 
-The teacher is trained once (reused when DIR/teacher/teacher.pt exists) on the whole training set; every
-student trains on the same fixed subset (the teacher has seen more data, as in the paper) for the same
-number of steps, then is evaluated on held-out images with all their captions. Writes
-``DIR/ablation.json`` (per method: retrieval R@1/5/10 both directions, their mean, seconds),
-``DIR/ablation.md`` and ``DIR/ablation.png``.
+The teacher is trained once (reused when DIR/teacher/teacher.pt exists) on the whole training set, then
+embeds the students' rows once into a teacher cache (``clipdistill cache``, 4 augmented views per row;
+``--teacher-cache-views 0`` runs the teacher live on every batch instead). Every student trains on the
+same fixed subset (the teacher has seen more data, as in the paper) for the same number of steps, then
+is evaluated on held-out images with all their captions. Writes ``DIR/ablation.json`` (per method:
+retrieval R@1/5/10 both directions, their mean, seconds), ``DIR/ablation.md`` and ``DIR/ablation.png``.
+Killed, the same command reuses the teacher, the cache and every finished method.
 
 synthetic: the procedural shapes corpus (20 000 pairs; students on the first 2 000).
-flickr8k:  teacher on all 6 000 train images x 5 captions; students on a fixed 2 000-image subset
-           (the first 2 000 of Flickr_8k.trainImages.txt); evaluation on the 1 000 dev images, 5 captions each.
+flickr8k:  images downsized once to 80 px; teacher on all 6 000 train images x 5 captions; students on
+           the first 2 000 images of Flickr_8k.trainImages.txt; evaluation on the 1 000 dev images, 5 captions each.
 """
 from __future__ import annotations
 
@@ -69,8 +71,8 @@ def synthetic_setup(out: Path, args) -> dict:
             "teacher_arch": "tiny-teacher"}
 
 
-def write_flickr_csv(flickr_dir: Path, path: Path) -> int:
-    """One row per (train image, caption), ordered by image, so ``data.subset=5N`` = the first N images."""
+def write_flickr_csv(flickr_dir: Path, path: Path, images: int = 0) -> int:
+    """One row per (train image, caption), ordered by image; ``images`` > 0 keeps the first that many images."""
     captions: dict[str, list[str]] = {}
     for line in (flickr_dir / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines():
         if "\t" in line:
@@ -81,7 +83,7 @@ def write_flickr_csv(flickr_dir: Path, path: Path) -> int:
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, delimiter="\t")
         writer.writerow(["filepath", "title"])
-        for name in train:
+        for name in train[:images or None]:
             for caption in captions.get(name, [])[:5]:
                 writer.writerow([str((flickr_dir / "images" / name).resolve()), caption])
                 rows += 1
@@ -125,16 +127,17 @@ def flickr_setup(out: Path, args) -> dict:
         raise SystemExit(f"Flickr8k not found in {flickr_dir} (expected Flickr8k.token.txt, images/)")
     out.mkdir(parents=True, exist_ok=True)
     flickr_dir = downsized_copy(flickr_dir, out / "flickr8k_80px")
-    train_csv = out / "flickr8k_train.csv"
+    train_csv, student_csv = out / "flickr8k_train.csv", out / "flickr8k_students.csv"
     rows = write_flickr_csv(flickr_dir, train_csv)
-    log.info("wrote %s (%d pairs)", train_csv, rows)
-    common = {"data": {"kind": "csv", "path": str(train_csv), "workers": 2},
+    student_rows = write_flickr_csv(flickr_dir, student_csv, images=2000)
+    log.info("wrote %s (%d pairs) and %s (%d pairs)", train_csv, rows, student_csv, student_rows)
+    common = {"data": {"kind": "csv", "workers": 2},
               "eval": {"retrieval": f"flickr:{flickr_dir}:dev", "zero_shot": ""}}
     return {"common": common,
-            "teacher": {"student": {"model": FLICKR_TEACHER}, "data": {"subset": 0},
-                        "train": {"steps": args.teacher_steps or 1500}},
-            "student": {"student": {"model": FLICKR_STUDENT}, "data": {"subset": 10000},
-                        "train": {"steps": args.student_steps or 600}},
+            "teacher": {"student": {"model": FLICKR_TEACHER}, "data": {"path": str(train_csv), "subset": 0},
+                        "train": {"steps": args.teacher_steps or 1000}},
+            "student": {"student": {"model": FLICKR_STUDENT}, "data": {"path": str(student_csv), "subset": 0},
+                        "train": {"steps": args.student_steps or 400}},
             "teacher_arch": FLICKR_TEACHER}
 
 
@@ -163,6 +166,21 @@ def train_teacher(setup: dict, out: Path, progress: bool) -> tuple[Path, dict]:
     return weights, results
 
 
+def cached_teacher(setup: dict, out: Path, teacher_weights: Path, views: int, progress: bool) -> dict:
+    """Embed the students' rows once with the teacher, ``views`` augmented crops each (``clipdistill cache``).
+
+    Every KD run then replays stored crops and costs what the student alone costs; the teacher's
+    forward passes are paid once instead of once per method. Resumes if killed.
+    """
+    from clipdistill.cache.command import build_cache
+
+    cache_dir = out / "teacher_cache"
+    data = merged(BASE, setup["common"], setup["student"], {"train": {"progress": progress}, "cache": {"views": views},
+                  "teacher": {"source": "checkpoint", "model": setup["teacher_arch"], "path": str(teacher_weights)}})
+    build_cache(config_lib.from_dict(data), str(cache_dir))
+    return {"teacher": {"source": "cache", "path": str(cache_dir)}}
+
+
 def row(results: dict) -> dict:
     metrics = results["metrics"]
     return {"retrieval_mean_recall": 100 * metrics["retrieval_mean_recall"],
@@ -178,10 +196,11 @@ def prepare_cid(setup: dict, out: Path, teacher_weights: Path, data: str):
     """Teacher embeddings of the student subset -> balanced keep list, random keep list, cluster centres."""
     teacher = load_teacher("checkpoint", model=setup["teacher_arch"], path=str(teacher_weights))
     spec = setup["common"]["data"]
+    spec = merged(spec, setup["student"]["data"])
     dataset = build_dataset(spec["kind"], path=spec.get("path", ""), num_samples=spec.get("num_samples", 0),
                             seed=spec.get("seed", 0))
     # Flickr rows repeat each image with 5 captions: curate on image and caption, or an image's rows are "duplicates".
-    return prepare_cid_data(teacher, dataset, rows=setup["student"]["data"]["subset"], out_dir=out / "cid",
+    return prepare_cid_data(teacher, dataset, rows=spec["subset"] or len(dataset), out_dir=out / "cid",
                             space="image" if data == "synthetic" else "both")
 
 
@@ -226,6 +245,9 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join([*METHODS, *CID_METHODS]), help="comma-separated methods")
     parser.add_argument("--teacher-steps", type=int, default=0)
     parser.add_argument("--student-steps", type=int, default=0)
+    parser.add_argument("--teacher-cache-views", type=int, default=-1,
+                        help="serve the teacher from a clipdistill cache with this many views per sample "
+                             "(0 = live teacher on every batch; default 4)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -235,7 +257,9 @@ def main() -> None:
 
     teacher_weights, teacher_results = train_teacher(setup, out, args.progress)
     table = {"teacher": row(teacher_results)}
-    teacher = {"teacher": {"source": "checkpoint", "model": setup["teacher_arch"], "path": str(teacher_weights)}}
+    views = args.teacher_cache_views if args.teacher_cache_views >= 0 else 4
+    teacher = cached_teacher(setup, out, teacher_weights, views, args.progress) if views else \
+        {"teacher": {"source": "checkpoint", "model": setup["teacher_arch"], "path": str(teacher_weights)}}
     needs_cid = any(name in CID_METHODS for name in args.methods.split(","))
     cid = prepare_cid(setup, out, teacher_weights, args.data) if needs_cid else None
     for name in args.methods.split(","):
