@@ -11,12 +11,12 @@ from typing import BinaryIO, Callable
 from clipdistill.errors import UserError
 
 
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], object], what: str = "") -> Path:
     """Call ``write(file)`` on ``PATH.tmp``, then rename it over ``path``.
 
     Readers (and a rerun after a kill) see either the old file or the whole new one; a stale ``.tmp``
     is never read. A failure (``ENOSPC``, say) removes the temporary file and raises one line naming
-    ``path``.
+    ``path`` (after ``what``, e.g. "checkpoint", when given).
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -29,7 +29,7 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"could not write {path}: {err.strerror or err}") from None
+        raise UserError(f"could not write {what + ' ' if what else ''}{path}: {err.strerror or err}") from None
     return path
 
 

@@ -6,13 +6,13 @@ one never runs code.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import re
 from pathlib import Path
 
 import torch
 
+from clipdistill.atomic import write_atomic
 from clipdistill.errors import UserError
 
 _NAME = re.compile(r"step_(\d+)\.pt$")
@@ -36,17 +36,7 @@ def save(state: dict, directory: Path, step: int, keep: int) -> Path:
     """Write to a temporary file and rename, so a kill mid-save leaves the previous checkpoint intact."""
     directory.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(directory, step)
-    tmp = path.with_suffix(".pt.tmp")
-    try:
-        with open(tmp, "wb") as file:
-            torch.save(state, file)
-            # On disk before the rename: otherwise a power loss can leave a renamed but empty file.
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"could not write checkpoint {path}: {err.strerror or err}") from None
+    write_atomic(path, lambda file: torch.save(state, file), what="checkpoint")
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path
