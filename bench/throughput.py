@@ -1,12 +1,13 @@
 """Training throughput: our loop (plain, online KD, cached KD) against open_clip_train (plain, --distill-model).
 
-    python bench/throughput.py --out runs/throughput.json            # quick, CPU, tiny models (< 5 min)
+    python bench/throughput.py --quick --out runs/throughput.json    # CPU, tiny models (the default; < 5 min)
     python bench/throughput.py --gpu --out runs/throughput_gpu.json  # ViT-L/14 teacher -> ViT-B/16, batch 256, CUDA
 
 One process, one dataset (a CSV of PNG files both trainers read), the same student, batch size, number
-of steps and DataLoader workers for every configuration. Configurations run in interleaved rounds
-(plain, online, cached, open_clip plain, open_clip distill; again...) and each reports the median
-over rounds, so a change in machine load hits all of them alike. samples/s counts steady-state steps
+of steps, DataLoader workers and gradient clipping (global norm 1.0, our default) for every
+configuration. Configurations run in interleaved rounds (plain, online, cached, open_clip plain,
+open_clip distill; again...) and each reports the median over rounds, so a change in machine load
+hits all of them alike. samples/s counts steady-state steps
 only (the first ``warmup`` steps of each run are dropped; batch / median step time, so a step stalled by
 another process does not count) and includes data-loading waits, for us
 and for open_clip alike: per-step times come from our metrics.jsonl (log_every=1) and from open_clip's
@@ -123,7 +124,10 @@ def run_open_clip(s: dict, csv: Path, logs: Path, name: str, teacher_file: Path 
             "--batch-size", str(s["batch"]), "--epochs", "1", "--workers", str(s["workers"]), "--lr", "5e-4",
             "--warmup", "2", "--log-every-n-steps", "1", "--logs", str(logs), "--name", name,
             "--device", s["device"], "--precision", "fp32" if s["precision"] == "fp32" else "amp_bf16",
-            "--save-frequency", "0", "--seed", "0"]
+            "--save-frequency", "0", "--seed", "0",
+            # Like for like: our loop clips the global grad norm at optim.grad_clip by default (one more
+            # pass over every gradient per step); open_clip clips only when asked.
+            "--grad-clip-norm", str(config_lib.OptimConfig().grad_clip)]
     if teacher_file is not None:
         argv += ["--distill-model", resolve_architecture(s["teacher"]), "--distill-pretrained", str(teacher_file)]
     shutil.rmtree(logs / name, ignore_errors=True)
@@ -205,7 +209,9 @@ def plot(result: dict, path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="JSON file for the figures")
-    parser.add_argument("--gpu", action="store_true", help="ViT-L/14 teacher, ViT-B/16 student, batch 256, CUDA, bf16")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="tiny models on the CPU, batch 64 (the default)")
+    mode.add_argument("--gpu", action="store_true", help="ViT-L/14 teacher, ViT-B/16 student, batch 256, CUDA, bf16")
     parser.add_argument("--repeats", type=int, help="interleaved rounds (median reported)")
     parser.add_argument("--steps", type=int, help="training steps per run")
     parser.add_argument("--plot", help="PNG bar chart to write")

@@ -147,6 +147,15 @@ def test_batch_layout_tokenizers_and_replayable_views():
         assert torch.equal(replay["teacher_image"], batch["teacher_image"][row])
 
 
+def test_shared_spec_and_tokenizer_give_one_tensor():
+    # Equal ImageSpecs and the same tokenizer object are rendered/tokenized once and shipped once.
+    transform = PairedTransform({"student_image": STUDENT, "teacher_image": STUDENT}, scale=(0.5, 1.0))
+    (batch,) = take(1, dataset=SyntheticPairs(16), batch_size=8, transform=transform,
+                    tokenizers={"student_text": OPEN_CLIP_TOKENIZER, "teacher_text": OPEN_CLIP_TOKENIZER})
+    assert batch["teacher_image"] is batch["student_image"] and batch["teacher_text"] is batch["student_text"]
+    assert torch.equal(batch["teacher_text"], OPEN_CLIP_TOKENIZER(batch["caption"]))
+
+
 def test_augmentation_depends_on_seed_and_epoch():
     data = SyntheticPairs(8)
 

@@ -8,7 +8,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 
 from clipdistill.errors import UserError
-from clipdistill.models import PRESETS, build_student, resolve_architecture
+from clipdistill.models import PRESETS, build_student, resolve_architecture, same_tokenizer
 from clipdistill.models.presets import preset_config
 
 CAPTIONS = ["a large red circle left of a small blue square", "a green triangle"]
@@ -43,6 +43,15 @@ def test_preset_shapes_match_their_contract():
 def test_tokenizer_is_open_clips_bpe():
     student = build_student("tiny")
     torch.testing.assert_close(student.tokenizer(CAPTIONS), open_clip.tokenize(CAPTIONS, context_length=32))
+
+
+def test_same_tokenizer_only_when_provably_equal():
+    # The training loop tokenizes captions once for teacher and student when this says True.
+    student, teacher = build_student("tiny").tokenizer, build_student("tiny-teacher").tokenizer
+    assert student is not teacher and same_tokenizer(student, teacher)
+    assert not same_tokenizer(student, open_clip.tokenizer.SimpleTokenizer(context_length=16))
+    assert not same_tokenizer(student, open_clip.tokenizer.SimpleTokenizer(context_length=32, clean="whitespace"))
+    assert not same_tokenizer(student, lambda captions: student(captions))  # unknown kind: never assumed equal
 
 
 def test_inline_config_dict_builds_exactly_that_architecture():

@@ -131,11 +131,23 @@ def _prepare(sample: dict, transform, *, seed: int, epoch: int, sample_id: int, 
 
 
 def _collate(prepared: list[dict], tokenizers: dict[str, Callable], bad: Counter) -> dict:
-    """Stack views, tokenize captions (this runs inside DataLoader workers), attach bookkeeping."""
-    batch = {name: torch.stack([p["views"][name] for p in prepared]) for name in prepared[0]["views"]}
+    """Stack views, tokenize captions (this runs inside DataLoader workers), attach bookkeeping.
+
+    Names that share a tensor (teacher and student with one ImageSpec) or a tokenizer (the loop hands
+    the teacher the student's when they agree) share one stacked tensor: stacked, tokenized and sent
+    to the training process once.
+    """
+    batch, stacked = {}, {}
+    for name, first in prepared[0]["views"].items():
+        if id(first) not in stacked:
+            stacked[id(first)] = torch.stack([p["views"][name] for p in prepared])
+        batch[name] = stacked[id(first)]
     captions = [p["caption"] for p in prepared]
+    tokenized = {}
     for name, tokenize in tokenizers.items():
-        batch[name] = tokenize(captions)
+        if id(tokenize) not in tokenized:
+            tokenized[id(tokenize)] = tokenize(captions)
+        batch[name] = tokenized[id(tokenize)]
     batch.update(caption=captions, key=[p["key"] for p in prepared],
                  index=torch.tensor([p["index"] for p in prepared], dtype=torch.long),
                  bad=dict(bad), epoch=prepared[-1]["epoch"])

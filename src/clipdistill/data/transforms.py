@@ -78,6 +78,11 @@ def apply_view(image: Image.Image, view, specs: dict[str, ImageSpec]) -> dict[st
     return out
 
 
+def _rgb(image: Image.Image) -> Image.Image:
+    # convert() copies even an RGB image, and the loaders' decode_image already returns RGB.
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 class PairedTransform:
     """Training augmentation: sample one view, render it for every model.
 
@@ -93,7 +98,7 @@ class PairedTransform:
         self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
 
     def __call__(self, image: Image.Image, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        image = image.convert("RGB")
+        image = _rgb(image)
         view = sample_view(image.width, image.height, generator, self.scale, self.ratio, self.hflip)
         out = apply_view(image, view, self.specs)
         out["view"] = torch.tensor(view, dtype=torch.int32)
@@ -109,7 +114,7 @@ class PairedTransform:
             return {**self(image, generator), "view_index": torch.tensor(-1)}
         choice = int(torch.randint(len(stored_views), (1,), generator=generator))
         view = [int(v) for v in stored_views[choice]]
-        out = apply_view(image.convert("RGB"), view, self.specs)
+        out = apply_view(_rgb(image), view, self.specs)
         out["view"] = torch.tensor(view, dtype=torch.int32)
         out["view_index"] = torch.tensor(choice)
         return out

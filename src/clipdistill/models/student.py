@@ -159,6 +159,22 @@ def _require_open_clip_vit(name: str, model_cfg: dict) -> None:
         raise UserError(f"patch dropout (mfd) needs an open_clip ViT image tower; {name} has none")
 
 
+def same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:
+    """Whether ``a`` and ``b`` provably give every caption the same tokens, so a batch can be
+    tokenized once for both (a teacher and its student usually share open_clip's BPE tokenizer).
+
+    Conservative: besides the same object, only two open_clip ``SimpleTokenizer`` built alike (same
+    vocabulary, merges, special tokens, context length and cleaning, no token reduction) count.
+    """
+    if a is b:
+        return True
+    if type(a) is not open_clip.tokenizer.SimpleTokenizer or type(b) is not open_clip.tokenizer.SimpleTokenizer:
+        return False
+    return (a.context_length == b.context_length and a.clean_fn is b.clean_fn
+            and a.reduction_fn is None and b.reduction_fn is None and a.pat.pattern == b.pat.pattern
+            and a.encoder == b.encoder and a.bpe_ranks == b.bpe_ranks)
+
+
 def _tokenizer(name: str) -> Tokenizer:
     try:
         return open_clip.get_tokenizer(name)

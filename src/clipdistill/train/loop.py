@@ -25,7 +25,7 @@ from clipdistill.data import build_dataset, train_batches
 from clipdistill.data.transforms import PairedTransform
 from clipdistill.errors import UserError
 from clipdistill.losses.objective import build_objective
-from clipdistill.models import build_student, load_teacher
+from clipdistill.models import build_student, load_teacher, same_tokenizer
 from clipdistill.targets import LiveTeacherTargets
 from clipdistill.train import checkpoint
 from clipdistill.train.bad_data import BadDataTally
@@ -95,11 +95,15 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
         start_step = state["step"]
         log.info("resumed from %s at step %d", resume_from, start_step)
 
-    # --- data: one crop per sample, rendered for each model; tokenized for each model
+    # --- data: one crop per sample, rendered for each model; tokenized for each model. The loader renders
+    # once per distinct ImageSpec and tokenizes once per distinct tokenizer object, so the teacher gets the
+    # student's tokenizer when the two provably agree (the usual case: open_clip's BPE, same context).
     specs = {"student_image": student.image_spec}
     tokenizers = {"student_text": student.tokenizer}
     if teacher is not None:
-        specs["teacher_image"], tokenizers["teacher_text"] = teacher.image_spec, teacher.tokenizer
+        specs["teacher_image"] = teacher.image_spec
+        tokenizers["teacher_text"] = (student.tokenizer if same_tokenizer(teacher.tokenizer, student.tokenizer)
+                                      else teacher.tokenizer)
     dataset = build_dataset(cfg.data.kind, path=cfg.data.path, num_samples=cfg.data.num_samples,
                             seed=cfg.data.seed, image_key=cfg.data.image_key, caption_key=cfg.data.caption_key,
                             separator=cfg.data.separator)
@@ -142,8 +146,9 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
 
         if (done % cfg.train.log_every == 0 or done == cfg.train.steps) and loss is not None:
             samples_per_s = window_steps * global_batch / max(time.time() - window_start, 1e-9)
-            values = {"loss": distributed.mean_across_ranks(loss).item(),
-                      **{k: distributed.mean_across_ranks(v).item() for k, v in terms.items()},
+            # One tensor of all loss values: one all-reduce across ranks and one device sync, not one per term.
+            loss_value, *term_values = distributed.mean_across_ranks(torch.stack([loss, *terms.values()])).tolist()
+            values = {"loss": loss_value, **dict(zip(terms, term_values)),
                       "lr": scheduler.get_last_lr()[0], "samples_per_s": samples_per_s,
                       "logit_scale": distiller.student.logit_scale.exp().item()}
             metrics_log.write(done, values)
