@@ -35,8 +35,8 @@ COMMON = [
     "train.log_every=20", "train.save_every=1000000", "train.keep_checkpoints=1",
     "optim.lr=1e-3", "optim.warmup_steps=30",
 ]
-TEACHER = ["student.model=tiny-teacher", "train.steps=600", "train.batch_size=128", "data.subset=0"]
-STUDENT = ["student.model=tiny", "train.steps=300", "train.batch_size=128", "data.subset=2000"]
+TEACHER = ["student.model=tiny-teacher", "train.steps=400", "train.batch_size=128", "data.subset=0"]
+STUDENT = ["student.model=tiny", "train.steps=240", "train.batch_size=128", "data.subset=2000"]
 # --quick: the same pipeline in seconds (for tests); its numbers mean nothing.
 QUICK = ["train.steps=3", "train.batch_size=16", "eval.num_images=48", "data.workers=0"]
 KD_LOSSES = ["losses.clip.weight=1.0", "losses.fd.weight=3.9", "losses.crd.weight=1.0", "losses.icl.weight=1.0"]
