@@ -34,7 +34,7 @@ class CachedTeacherTargets:
     (fp16 by default) are re-normalized in float32, as the live teacher's are.
 
     Args:
-        cache: a :class:`clipdistill.cache.TeacherCache` (``rows(keys)``, ``image``, ``text``,
+        cache: a :class:`clipdistill.cache.TeacherCache` (``rows(keys)``, ``image_rows``, ``text_rows``,
             ``logit_scale``, ``extras``).
         device: where the targets go.
         live: a :class:`LiveTeacherTargets` of the cached teacher for *hybrid* mode: samples the cache
@@ -58,8 +58,8 @@ class CachedTeacherTargets:
         found = ~missing
         image = torch.zeros(len(rows), self.cache.dim)
         text = torch.zeros(len(rows), self.cache.dim)
-        image[found] = self.cache.image[rows[found], view_index[found]].float()
-        text[found] = self.cache.text[rows[found]].float()
+        image[found] = self.cache.image_rows(rows[found], view_index[found])
+        text[found] = self.cache.text_rows(rows[found])
         extras = {name: self._extra(extra["values"], rows, found) for name, extra in self.cache.extras.items()}
         if missing.any():
             self._embed_live(batch, missing, image, text, extras)

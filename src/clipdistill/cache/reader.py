@@ -1,11 +1,15 @@
 """Reading a teacher cache: embeddings by sample key, and the stored views for the training loader.
 
-:class:`TeacherCache` loads the whole cache into memory (rows in shard order), which suits caches
-up to some tens of millions of samples at fp16 (``(views + 1) * dim * 2`` bytes per sample: see
-``docs/performance.md``); larger ones would want memory-mapped shards, which the format allows.
+:class:`TeacherCache` keeps the embeddings of each safetensors shard as safetensors opens them,
+memory-mapped (rows in shard order), and reads only the small per-row tables (views, dataset rows)
+into memory. Training gathers its batch's rows
+from the maps (:meth:`TeacherCache.image_rows`), so opening a cache costs no time and no RAM whatever its
+size, a cache bigger than RAM pages in on demand, and the ranks of one node share one copy in the page
+cache instead of holding one each. ``numpy``-format shards are read into memory.
 """
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +37,18 @@ class CachedViews:
 
 
 class TeacherCache:
-    """A complete cache directory, in memory.
+    """A complete cache directory: embeddings memory-mapped per shard, small tables in memory.
 
     Attributes:
         manifest: the parsed ``manifest.json``.
-        image: ``(N, V, D)`` stored image embeddings (storage dtype); ``text``: ``(N, D)``;
         view: ``(N, V, 5)`` int32 view parameters; rows in shard order, found by :meth:`rows`.
         dataset_rows: ``(N,)`` int64 dataset position of each row (the shards' ``index`` tensor; -1 for
             WebDataset input, which has no positions): what a keep list of cache rows maps through.
         extras: name -> per-row tensor (e.g. ``"cluster"`` pseudo-labels), see :mod:`clipdistill.cache.extras`.
+
+    Embeddings: :meth:`image_rows`/:meth:`text_rows` gather rows (what training does);
+    :attr:`image` ``(N, V, D)`` and :attr:`text` ``(N, D)`` (storage dtype) read the whole cache into
+    memory on first use, for consumers of all of it.
     """
 
     def __init__(self, directory: str | Path):
@@ -51,17 +58,52 @@ class TeacherCache:
             raise UserError(f"teacher cache {self.directory} is incomplete: re-run the clipdistill cache command "
                             f"that started it (it resumes)")
         self.index = KeyIndex.load(self.directory)
+        # safetensors memory-maps what it opens: a part costs nothing until its rows are read.
         parts = [read_shard(shard_path(self.directory, n, self.manifest["storage"]))[0]
                  for n in range(self.manifest["num_shards"])]
-        self.image, self.text, self.view, self.dataset_rows = (
-            torch.cat([p[name] for p in parts]) for name in ("image", "text", "view", "index"))
-        if self.image.shape[0] != len(self.index):
-            raise UserError(f"teacher cache {self.directory}: shards hold {self.image.shape[0]} samples, the index "
+        self._image_parts = [p["image"] for p in parts]
+        self._text_parts = [p["text"] for p in parts]
+        sizes = np.array([len(p["image"]) for p in parts], dtype=np.int64)
+        self._shard_starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]) if len(parts) else sizes
+        self.view, self.dataset_rows = (torch.cat([p[name] for p in parts]) for name in ("view", "index"))
+        if int(sizes.sum()) != len(self.index):
+            raise UserError(f"teacher cache {self.directory}: shards hold {int(sizes.sum())} samples, the index "
                             f"{len(self.index)}; rebuild it")
         self.extras = extras_lib.read_extras(self.directory, self.manifest)
 
+    def image_rows(self, rows: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """float32 ``(B, D)``: the stored image embedding of view ``views[i]`` of row ``rows[i]``."""
+        return self._gather(self._image_parts, rows, views)
+
+    def text_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """float32 ``(B, D)``: the stored caption embedding of each row."""
+        return self._gather(self._text_parts, rows, None)
+
+    def _gather(self, parts: list[torch.Tensor], rows: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
+        # The last shard starting at or before a row holds it (empty shards share their successor's start).
+        shard_of = np.searchsorted(self._shard_starts, rows.numpy(), side="right") - 1
+        out = torch.empty(len(rows), self.dim)
+        for shard in np.unique(shard_of):
+            pick = torch.from_numpy(shard_of == shard)
+            local = rows[pick] - int(self._shard_starts[shard])
+            out[pick] = (parts[shard][local] if views is None else parts[shard][local, views[pick]]).float()
+        return out
+
+    @cached_property
+    def image(self) -> torch.Tensor:
+        return torch.cat(self._image_parts) if self._image_parts else torch.empty(0, self.views_per_sample, self.dim)
+
+    @cached_property
+    def text(self) -> torch.Tensor:
+        return torch.cat(self._text_parts) if self._text_parts else torch.empty(0, self.dim)
+
+    def image_view(self, view: int) -> torch.Tensor:
+        """``(N, D)`` view ``view`` of every image, in memory (without reading the other views)."""
+        return torch.cat([part[:, view] for part in self._image_parts]) if self._image_parts \
+            else torch.empty(0, self.dim)
+
     def __len__(self) -> int:
-        return int(self.image.shape[0])
+        return len(self.index)
 
     @property
     def dim(self) -> int:

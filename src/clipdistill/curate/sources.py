@@ -72,7 +72,7 @@ def read_cache(directory: str | Path, *, text: bool = False, progress: bool = Fa
     cache = TeacherCache(directory)  # one-line UserError if it is not a cache or is incomplete
     if len(cache) == 0:
         raise UserError(f"teacher cache {directory} holds no samples")
-    image = _normalize_rows(cache.image[:, 0].float().contiguous().numpy(), directory, progress)
+    image = _normalize_rows(cache.image_view(0).float().contiguous().numpy(), directory, progress)
     captions = _normalize_rows(cache.text.float().contiguous().numpy(), directory, progress) if text else None
     return CacheEmbeddings(image=image, text=captions, dataset_rows=cache.dataset_rows.numpy(),
                            directory=Path(directory))
