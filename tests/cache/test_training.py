@@ -9,6 +9,8 @@ from clipdistill.data import SyntheticPairs, train_batches
 from clipdistill.data.transforms import PairedTransform, apply_view
 from clipdistill.embeddings import Embeddings
 from clipdistill.errors import UserError
+from clipdistill.losses import get as get_loss
+from clipdistill.losses.cid_cluster import load_centroids
 from clipdistill.losses.objective import build_objective
 from clipdistill.models import build_student
 from clipdistill.targets import CachedTeacherTargets, LiveTeacherTargets
@@ -153,3 +155,16 @@ def test_cluster_labels_stored_as_an_extra_reach_the_targets(tmp_path, cache_dir
     assert torch.equal(targets.extras["cluster"][missing], nearest)
     with pytest.raises(UserError, match="has 3 rows, the cache 20 samples"):
         write_extra(tmp_path, "bad", torch.zeros(3))
+
+
+def test_cid_cluster_reads_its_centroids_from_the_caches_cluster_extra(tmp_path, cache_dir, teacher):
+    for f in cache_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(UserError, match="has no cluster centroids: run clipdistill cluster"):
+        load_centroids(tmp_path)
+    centroids = 3 * torch.randn(4, teacher.embed_dim)  # unnormalized: the loss normalizes what it reads
+    write_extra(tmp_path, "cluster", torch.arange(NUM_SAMPLES) % 4, "labels", centroids=centroids)
+    loss = get_loss("cid_cluster", centroids=str(tmp_path), student_dim=teacher.embed_dim,
+                    teacher_dim=teacher.embed_dim)
+    assert torch.allclose(load_centroids(tmp_path), F.normalize(centroids, dim=-1))
+    assert torch.allclose(loss.label_centroids, F.normalize(centroids, dim=-1))

@@ -15,8 +15,11 @@ from clipdistill.losses.heads import TeacherSpaceProjection
 
 
 def load_centroids(centroids: str | Path | torch.Tensor | np.ndarray) -> torch.Tensor:
-    """``(K, D_t)`` unit-norm float32 centroids from a ``.npy`` path, an array or a tensor."""
-    if isinstance(centroids, (str, Path)):
+    """``(K, D_t)`` unit-norm float32 centroids from a ``.npy`` path, a teacher-cache directory (its
+    ``cluster`` extra, written by ``clipdistill cluster --embeddings CACHE``), an array or a tensor."""
+    if isinstance(centroids, (str, Path)) and Path(centroids).is_dir():
+        centroids = _cache_centroids(Path(centroids))
+    elif isinstance(centroids, (str, Path)):
         if not Path(centroids).is_file():
             raise UserError(f"cid_cluster centroids file not found: {centroids}")
         centroids = np.load(centroids)
@@ -24,6 +27,17 @@ def load_centroids(centroids: str | Path | torch.Tensor | np.ndarray) -> torch.T
     if tensor.ndim != 2 or len(tensor) < 2:
         raise UserError(f"cid_cluster centroids must be (K >= 2, D); got {tuple(tensor.shape)}")
     return F.normalize(tensor, dim=-1)
+
+
+def _cache_centroids(directory: Path) -> torch.Tensor:
+    from clipdistill.cache.extras import read_extras
+    from clipdistill.cache.manifest import read_manifest
+
+    extra = read_extras(directory, read_manifest(directory)).get("cluster", {})
+    if "centroids" not in extra:
+        raise UserError(f"teacher cache {directory} has no cluster centroids: run clipdistill cluster "
+                        f"--embeddings {directory} --out DIR first")
+    return extra["centroids"]
 
 
 def arcface_logits(cosine: torch.Tensor, labels: torch.Tensor, scale: float, margin: float) -> torch.Tensor:
@@ -75,7 +89,8 @@ class CIDClusterLoss(nn.Module):
     Shapes: student (N, D_s) raw, teacher (N, D_t) normalized.
 
     Args:
-        centroids: ``.npy`` path, array or tensor (K, D_t). scale, margin: ArcFace s and m (radians).
+        centroids: ``.npy`` path, teacher-cache directory, array or tensor (K, D_t).
+        scale, margin: ArcFace s and m (radians).
         student_dim, teacher_dim, always_project: projection heads, as in ``fd``.
         label_tower: ``image`` or ``text``: which teacher embedding picks y when no labels are given.
     """
