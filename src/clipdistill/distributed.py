@@ -32,6 +32,10 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
 def setup(device: str = "auto") -> Context:
     """Join the process group torchrun describes in the environment (a no-op for a plain process).
 
@@ -105,6 +109,18 @@ def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
     value = value.detach().clone()
     dist.all_reduce(value)
     return value / dist.get_world_size()
+
+
+def sum_across_ranks(values: list[int], device: torch.device) -> list[int]:
+    """Element-wise sum of small integer counts over ranks: one all-reduce (``values`` unchanged on one process).
+
+    ``device`` is this rank's device (NCCL reduces CUDA tensors only); every rank must pass the same length.
+    """
+    if not is_distributed():
+        return list(values)
+    summed = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(summed)
+    return summed.tolist()
 
 
 def barrier() -> None:

@@ -1,10 +1,20 @@
-"""Two gloo processes with the batch split must equal one process on the whole batch."""
+"""Two gloo processes with the batch split must equal one process on the whole batch; the training
+loop judges data.max_bad_fraction on the counts summed over ranks."""
+import json
+import os
+import re
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from clipdistill.data.bad_samples import KINDS
 from toys import CASES, N, make_inputs, make_model
 
 def grads(model):
@@ -62,3 +72,90 @@ def test_two_ranks_equal_one_process(two_rank_results, case, local_loss):
     assert set(got["grads"]) == set(expected)
     for name, grad in expected.items():
         assert torch.allclose(got["grads"][name], grad, atol=1e-5), (name, (got["grads"][name] - grad).abs().max())
+
+
+# --- data.max_bad_fraction under DDP: the real training loop on 2 gloo ranks, where only rank 1 skips samples.
+
+BATCH, RANK1_BAD = 16, 8  # per step: 32 good samples over both ranks, 8 skipped on rank 1 (20%; rank 1 alone: 33%)
+
+
+def _train_worker(rank, world, init_file, out_dir, overrides, report_dir):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    # A rank left waiting in a collective fails after a minute instead of hanging the test.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=60))
+    torch.set_num_threads(1)
+    from clipdistill import config as config_lib
+    from clipdistill.errors import UserError
+    from clipdistill.train import loop
+
+    real_batches = loop.train_batches
+
+    def rank1_skips_samples(*args, **kwargs):  # as if RANK1_BAD unreadable files preceded each batch of rank 1
+        for batch in real_batches(*args, **kwargs):
+            if rank == 1:
+                batch["bad"] = Counter(batch["bad"]) + Counter({"corrupt_image": RANK1_BAD})
+            yield batch
+
+    loop.train_batches = rank1_skips_samples
+    cfg = config_lib.load(None, ["student.model=tiny", "data.num_samples=64", "data.workers=0",
+                                 f"train.batch_size={BATCH}", "train.steps=8", "train.save_every=2",
+                                 "train.keep_checkpoints=4", "train.progress=false", "eval.retrieval=",
+                                 "eval.zero_shot=", *overrides])
+    try:
+        outcome = {"bad_samples": loop.run(cfg, out_dir)["bad_samples"]}
+    except UserError as err:
+        outcome = {"error": str(err)}
+    finally:
+        dist.destroy_process_group()
+    (Path(report_dir) / f"rank{rank}.json").write_text(json.dumps(outcome))
+
+
+def _train_two_ranks(tmp, name, *overrides) -> list[dict]:
+    """Both ranks' outcome: the run's bad_samples, or the UserError it stopped with."""
+    report = tmp / name
+    report.mkdir()
+    context = mp.spawn(_train_worker, args=(2, str(report / "pg"), str(tmp / "run"), list(overrides), str(report)),
+                       nprocs=2, join=False)
+    deadline = time.monotonic() + 300
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the ranks did not finish together (one waiting in a collective?)")
+    return [json.loads((report / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_bad_data_limit_uses_counts_summed_over_ranks_and_resume_keeps_them(tmp_path):
+    from clipdistill.train import checkpoint
+
+    # Past the limit: both ranks stop at the same step with the same message naming the global counts.
+    # The first judgement is at step 5 (5 x 40 = 200 samples attempted); rank 1 alone has seen 120 by then.
+    stopped = _train_two_ranks(tmp_path, "limit", "data.max_bad_fraction=0.1")
+    assert stopped[0] == stopped[1], stopped
+    assert stopped[0]["error"].startswith("40 of 200 samples unreadable (summed over 2 ranks) "
+                                          "(20.0% > data.max_bad_fraction=0.1): {'corrupt_image': 40}; ")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in checkpoint.list_checkpoints(checkpoints)] == ["step_00000002.pt", "step_00000004.pt"]
+    # The checkpoint holds the run's totals over ranks (rank 0 alone saw none).
+    assert checkpoint.load(checkpoints / "step_00000004.pt")["bad_data"] == {"counts": {"corrupt_image": 32},
+                                                                              "good": 4 * 2 * BATCH}
+
+    # Below the limit (20% < 25%, though rank 1 alone is at 33%): the resumed run completes on both ranks and
+    # reports the sum over ranks, restored totals counted once.
+    done = _train_two_ranks(tmp_path, "resumed", "data.max_bad_fraction=0.25", "train.resume=latest")
+    assert done[0] == done[1] == {"bad_samples": {"corrupt_image": 8 * RANK1_BAD}}, done
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["bad_samples"] == {"corrupt_image": 64}
+    assert checkpoint.load(checkpoints / "step_00000008.pt")["bad_data"] == {"counts": {"corrupt_image": 64},
+                                                                              "good": 8 * 2 * BATCH}
+
+
+def test_every_bad_sample_kind_in_the_source_is_summed_by_name():
+    """Ranks sum counts in the fixed order of KINDS; a new kind not listed there would be reported as 'other'."""
+    source = Path(__file__).resolve().parents[2] / "src" / "clipdistill"
+    kinds = set()
+    for path in source.rglob("*.py"):
+        text = path.read_text()
+        kinds |= set(re.findall(r'BadSample\(\s*"(\w+)"', text)) | set(re.findall(r'\bbad\[\s*"(\w+)"\s*\]', text))
+    assert kinds and kinds <= set(KINDS), kinds - set(KINDS)
+    assert list(KINDS) == sorted(KINDS)

@@ -9,6 +9,13 @@ import numpy as np
 from PIL import Image
 
 
+# Every kind a loader counts (BadSample kinds, and "unreadable" for a dataset that lets an OSError through).
+# Under DDP the training run sums each rank's counts as one fixed-order vector: a kind missing here is
+# summed as "other" (tests/train/test_distributed.py checks this list against the source).
+KINDS = ("corrupt_image", "decompression_bomb", "empty_caption", "empty_file", "missing_caption", "missing_file",
+         "missing_image", "unreadable", "unsafe_name")
+
+
 class BadSample(Exception):
     """A sample that cannot be used (missing file, corrupt image, empty caption, ...).
 

@@ -80,7 +80,7 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
     scheduler = warmup_cosine(optimizer, warmup_steps=cfg.optim.warmup_steps, total_steps=cfg.train.steps)
 
     # --- resume: weights, optimizer, schedule, RNG, data position
-    start_step, tally = 0, BadDataTally(cfg.data.max_bad_fraction)
+    start_step, tally = 0, BadDataTally(cfg.data.max_bad_fraction, device=ctx.device)
     nonfinite = NonFiniteSkips(cfg.train.skip_nonfinite)
     resumed = checkpoint.load_resume(cfg.train.resume, out_dir / "checkpoints")
     if resumed is not None:
@@ -90,7 +90,8 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        tally = BadDataTally.from_state(state["bad_data"], cfg.data.max_bad_fraction)
+        # The saved counts are the run's totals over ranks: every rank restores them, then adds its own.
+        tally = BadDataTally.from_state(state["bad_data"], cfg.data.max_bad_fraction, device=ctx.device)
         nonfinite = NonFiniteSkips(cfg.train.skip_nonfinite, skipped=state.get("skipped_nonfinite", 0))
         start_step = state["step"]
         log.info("resumed from %s at step %d", resume_from, start_step)
@@ -129,6 +130,7 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
     # --- the loop
     for step in range(start_step, cfg.train.steps):
         batch = next(batches)
+        # Summed over ranks (one small all-reduce under DDP): every rank stops at the same step, or none does.
         tally.add(batch["bad"], good=len(batch["key"]))
         tally.check()
         teacher_embeddings = targets(batch) if targets else None
