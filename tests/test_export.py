@@ -56,3 +56,27 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.pt")
     assert cli(["export", str(tmp_path / "plain.pt"), str(tmp_path / "out")]) == 2
     assert "not a clipdistill run checkpoint" in capsys.readouterr().err
+
+
+def test_full_disk_during_reexport_keeps_the_previous_export_and_says_one_line(tmp_path, run_checkpoint,
+                                                                               monkeypatch, capsys):
+    import errno
+    import os
+
+    path, _ = run_checkpoint
+    out = tmp_path / "out"
+    assert cli(["export", str(path), str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_replace = os.replace
+
+    def full_for_weights(src, dst):
+        if str(dst).endswith(".safetensors"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_for_weights)
+    assert cli(["export", str(path), str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"could not write {out / 'open_clip_model.safetensors'}: No space left on device")
+    assert "\n" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no .tmp left, weights untouched

@@ -33,5 +33,6 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object], what: st
     return path
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    return write_atomic(path, lambda file: file.write(text.encode("utf-8")))
+def write_text_atomic(path: str | Path, text: str, what: str = "") -> Path:
+    """:func:`write_atomic` for UTF-8 text (JSON, markdown, CSV)."""
+    return write_atomic(path, lambda file: file.write(text.encode("utf-8")), what=what)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from clipdistill import config as config_lib
+from clipdistill.atomic import write_atomic, write_text_atomic
 from clipdistill.curate.recipe import cid_losses, prepare_cid_data
 from clipdistill.data import SyntheticPairs
 from clipdistill.models import load_teacher
@@ -80,13 +81,13 @@ def _train(name: str, out: Path, overrides: list[str], progress: bool, quick: bo
 
 
 def write_summary(summary: dict, out: Path) -> None:
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     rows = ["| model | retrieval mean recall (%) | zero-shot top-1 (%) | params | seconds |",
             "|---|---:|---:|---:|---:|"]
     for name, r in summary.items():
         rows.append(f"| {name} | {r['retrieval_mean_recall']:.1f} | {r['zeroshot_top1']:.1f} | "
                     f"{r['params'] / 1e6:.2f} M | {r['seconds']:.0f} |")
-    (out / "summary.md").write_text("\n".join(rows) + "\n")
+    write_text_atomic(out / "summary.md", "\n".join(rows) + "\n")
     _plot(summary, out / "summary.png")
     print("\n".join(rows))
 
@@ -106,7 +107,7 @@ def _plot(summary: dict, path: Path) -> None:
         for i, n in enumerate(names):
             ax.text(i, summary[n][key], f"{summary[n][key]:.1f}", ha="center", va="bottom")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda file: fig.savefig(file, format="png", dpi=120))
     plt.close(fig)
 
 

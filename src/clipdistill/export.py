@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from clipdistill.atomic import write_atomic, write_text_atomic
 from clipdistill.errors import UserError
 from clipdistill.models.checkpoints import load_weights
 from clipdistill.models.load_any import load_run_checkpoint, student_architecture
@@ -40,17 +41,22 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def export_run(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Export a run checkpoint's student to ``out_dir`` (created); returns the directory."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = load_run_checkpoint(checkpoint)
     student = build_student(student_architecture(state))
     load_weights(student.model, state["student"], checkpoint)
     weights = _weights(student.model)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"could not create {out_dir}: {err.strerror or err}") from None
     config = {"model_cfg": student.model_cfg, "preprocess_cfg": _preprocess_cfg(student.image_spec)}
-    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    save_file(weights, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt", "source": str(checkpoint)})
+    # Both atomic: a full disk or a kill leaves the previous export's files or the new ones, never half a file.
+    write_text_atomic(out_dir / CONFIG_FILE, json.dumps(config, indent=2))
+    blob = save(weights, metadata={"format": "pt", "source": str(checkpoint)})  # in memory: a student is small
+    write_atomic(out_dir / WEIGHTS_FILE, lambda file: file.write(blob))
     return out_dir
 
 

@@ -69,3 +69,22 @@ def test_user_errors_exit_2(tmp_path, models, capsys):
                 "--output", str(tmp_path / "x.json")]) == 2
     (tmp_path / "bad.json").write_text("{}")
     assert cli(["report", str(tmp_path / "bad.json")]) == 2
+
+
+def test_full_disk_at_the_eval_output_keeps_the_previous_result(tmp_path, models, monkeypatch, capsys):
+    import errno
+    import os
+
+    student, _ = models
+    out = tmp_path / "r.json"
+    argv = ["eval", "--model", student, "--task", "zeroshot_retrieval", "--dataset", "synthetic",
+            "--num-images", "10", "--output", str(out), "--workers", "0"]
+    out.write_text('{"previous": true}')
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", full)
+    assert cli(argv) == 2
+    assert capsys.readouterr().err.strip().endswith(f"could not write {out}: No space left on device")
+    assert out.read_text() == '{"previous": true}' and [p.name for p in tmp_path.glob("r.json*")] == ["r.json"]

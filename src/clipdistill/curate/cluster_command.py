@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipdistill.atomic import write_text_atomic
 from clipdistill.curate.pseudo_labels import TOWERS, PseudoLabels, pseudo_labels
 from clipdistill.curate.sources import is_cache, load_unit_embeddings, read_cache
 from clipdistill.errors import UserError
@@ -95,6 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     if cache:
         store_in_cache(args.embeddings, result, args.tower)
         summary["cache_extra"] = EXTRA
-    (out / "clusters.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / "clusters.json", json.dumps(summary, indent=2))
     print(f"{summary['n']} samples in {summary['clusters']} clusters (sizes {summary['cluster_size']}) -> {out}")
     return 0

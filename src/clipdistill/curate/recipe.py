@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipdistill.atomic import write_text_atomic
 from clipdistill.curate.balance import curate
 from clipdistill.curate.pseudo_labels import clustering_space, pseudo_labels
 from clipdistill.curate.report import write_report
@@ -50,6 +51,6 @@ def prepare_cid_data(teacher, dataset, *, rows: int, out_dir: str | Path, target
     np.save(out / "random_keep.npy", random_keep.astype(np.int64))
     labels = pseudo_labels(image, text, tower="image", clusters=label_clusters, seed=seed)
     np.save(out / "centroids_image.npy", labels.tower_centroids["image"])
-    (out / "cid.json").write_text(json.dumps({"curation": report, "label_clusters": label_clusters}, indent=2))
+    write_text_atomic(out / "cid.json", json.dumps({"curation": report, "label_clusters": label_clusters}, indent=2))
     return CIDData(keep=out / "curated" / "keep.npy", random_keep=out / "random_keep.npy",
                    centroids=out / "centroids_image.npy", report=report)

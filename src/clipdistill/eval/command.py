@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from clipdistill.atomic import write_text_atomic
 from clipdistill.errors import UserError
 from clipdistill.eval import evaluate_retrieval, evaluate_zero_shot
 from clipdistill.eval.datasets import classification_dataset, retrieval_dataset
@@ -116,14 +117,18 @@ def result_record(args, model: LoadedModel, metrics: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    output = Path(args.output)
+    try:  # before any work: an unwritable output fails in a second, not after the evaluation
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"could not write {output}: {err.strerror or err}") from None
     datasets = _datasets(args)  # before loading weights: a wrong path fails fast
     model = load_model(args.model, device=args.device)
     metrics = run_task(args, model, datasets)
     if args.teacher:
         metrics.update(fidelity_metrics(args, model, load_model(args.teacher, device=args.device), datasets, metrics))
     record = result_record(args, model, metrics)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(record, indent=2))
+    # Atomic: a full disk or a kill never leaves a half-written JSON that `clipdistill report` would choke on.
+    write_text_atomic(output, json.dumps(record, indent=2))
     print(json.dumps(metrics, indent=2))
     return 0

@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+from clipdistill.atomic import write_text_atomic
 from clipdistill.errors import UserError
 
 KEYS = ("model", "pretrained", "dataset", "task")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     header, rows = rows_of([read_result(path) for path in args.files])
     text = csv_text(header, rows) if args.out and args.out.endswith(".csv") else markdown(header, rows)
     if args.out:
-        Path(args.out).write_text(text)
+        write_text_atomic(args.out, text)
     else:
         print(text, end="")
     return 0
