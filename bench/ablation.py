@@ -269,6 +269,7 @@ def main() -> None:
         if (out / name / "results.json").is_file():  # a rerun after a kill only trains what is missing
             log.info("reusing %s", out / name / "results.json")
             table[name] = row(json.loads((out / name / "results.json").read_text()))
+            write_outputs(table, out, f"CLIP-KD ablation on {args.data}")
             continue
         started = time.time()
         losses = {"losses": METHODS[name]} if name in METHODS else cid_overrides(name, cid)
