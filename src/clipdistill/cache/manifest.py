@@ -90,8 +90,17 @@ def read_manifest(directory: str | Path) -> dict:
 def write_manifest(directory: str | Path, manifest: dict) -> None:
     path = Path(directory) / MANIFEST
     tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    # A per-process temporary name (ranks may write at once), synced before the rename: a machine crash
+    # must not leave a renamed but empty manifest in front of complete shards.
+    try:
+        with open(tmp, "w", encoding="utf-8") as file:
+            file.write(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not write {path}: {err.strerror or err}") from None
 
 
 def differences(found: dict, expected: dict, prefix: str = "") -> list[str]:
