@@ -251,6 +251,9 @@ def main() -> None:
     parser.add_argument("--teacher-cache-views", type=int, default=-1,
                         help="serve the teacher from a clipdistill cache with this many views per sample "
                              "(0 = live teacher on every batch; default 4)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="students' seed (init, data order); N > 0 writes the students and the table to "
+                             "DIR/seedN/, reusing DIR's teacher, cache and CID data")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -265,19 +268,21 @@ def main() -> None:
         {"teacher": {"source": "checkpoint", "model": setup["teacher_arch"], "path": str(teacher_weights)}}
     needs_cid = any(name in CID_METHODS for name in args.methods.split(","))
     cid = prepare_cid(setup, out, teacher_weights, args.data) if needs_cid else None
+    students = out / f"seed{args.seed}" if args.seed else out
+    title = f"CLIP-KD ablation on {args.data}" + (f", student seed {args.seed}" if args.seed else "")
     for name in args.methods.split(","):
-        if (out / name / "results.json").is_file():  # a rerun after a kill only trains what is missing
-            log.info("reusing %s", out / name / "results.json")
-            table[name] = row(json.loads((out / name / "results.json").read_text()))
-            write_outputs(table, out, f"CLIP-KD ablation on {args.data}")
+        if (students / name / "results.json").is_file():  # a rerun after a kill only trains what is missing
+            log.info("reusing %s", students / name / "results.json")
+            table[name] = row(json.loads((students / name / "results.json").read_text()))
+            write_outputs(table, students, title)
             continue
         started = time.time()
         losses = {"losses": METHODS[name]} if name in METHODS else cid_overrides(name, cid)
         data = merged(BASE, setup["common"], setup["student"], {"train": {"progress": args.progress}},
-                      {} if name == "baseline" else teacher, losses)
-        table[name] = row(run(config_lib.from_dict(data), out / name))
+                      {} if name == "baseline" else teacher, losses, {"train": {"seed": args.seed}})
+        table[name] = row(run(config_lib.from_dict(data), students / name))
         log.info("%s: mean recall %.2f %% (%.0f s)", name, table[name]["retrieval_mean_recall"], time.time() - started)
-        write_outputs(table, out, f"CLIP-KD ablation on {args.data}")
+        write_outputs(table, students, title)
 
 
 if __name__ == "__main__":
