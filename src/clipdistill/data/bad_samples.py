@@ -13,7 +13,7 @@ from PIL import Image
 # Under DDP the training run sums each rank's counts as one fixed-order vector: a kind missing here is
 # summed as "other" (tests/train/test_distributed.py checks this list against the source).
 KINDS = ("corrupt_image", "decompression_bomb", "empty_caption", "empty_file", "missing_caption", "missing_file",
-         "missing_image", "unreadable", "unsafe_name")
+         "missing_image", "unreadable", "unreadable_shard", "unsafe_name")
 
 
 class BadSample(Exception):
