@@ -68,7 +68,7 @@ class DataConfig:
     scale: list = field(default_factory=lambda: [0.9, 1.0])  # RandomResizedCrop scale range
     hflip: bool = False
     max_bad_fraction: float = 0.05  # abort when more than this fraction of samples is unreadable
-    keep: str = ""  # .npy of dataset rows to train on (`clipdistill curate`'s keep.npy); map-style datasets
+    keep: str = ""  # `clipdistill curate`'s keep.npy: dataset rows (synthetic, csv) or sample keys (webdataset)
 
 
 @dataclass

@@ -10,10 +10,8 @@ import torch
 from cache.cache_helpers import make_cache
 from clipdistill.cache import TeacherCache
 from clipdistill.cli import main
-from clipdistill.curate.sources import CacheEmbeddings
 from clipdistill.data import SyntheticPairs
 from clipdistill.data.bad_samples import BadSample
-from clipdistill.errors import UserError
 from clipdistill.models import load_teacher
 from clipdistill.targets import CachedTeacherTargets
 
@@ -116,7 +114,4 @@ def test_cache_input_errors_are_one_line(cache_dir, tmp_path, capsys):
     assert main(["cluster", "--embeddings", str(cache_dir), "--text-embeddings", "t.npy", "--out",
                  str(tmp_path / "o")]) == 2
     assert "cannot be combined with a teacher cache" in capsys.readouterr().err
-    from_shards = CacheEmbeddings(image=np.eye(2, dtype=np.float32), text=None, dataset_rows=np.array([-1, -1]),
-                                  directory=tmp_path)
-    with pytest.raises(UserError, match="WebDataset shards"):
-        from_shards.require_dataset_rows()
+

@@ -42,7 +42,7 @@ def test_bad_keep_lists_and_shards_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="cannot read"):
         indices(SyntheticPairs(10), 1, keep=str(tmp_path / "missing.npy"))
     (tmp_path / "x.tar").write_bytes(b"")  # never read: the keep list is refused first
-    with pytest.raises(UserError, match="map-style dataset"):
+    with pytest.raises(UserError, match="WebDataset samples have no rows"):
         train_batches(ShardPairs(str(tmp_path / "x.tar")), transform=TRANSFORM, tokenizers=TOKENIZERS, seed=0,
                       batch_size=4, keep=np.arange(4))
 

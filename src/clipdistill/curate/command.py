@@ -4,8 +4,9 @@
     clipdistill curate --embeddings runs/cache --out curated/          # a clipdistill cache directory
     clipdistill train my.yaml --out runs/x data.keep=curated/keep.npy
 
-``keep.npy`` always names dataset rows: a ``.npy``'s rows are taken to be dataset rows; a cache's rows
-(shard order, bad samples left out) are mapped to the dataset positions the cache recorded.
+``keep.npy`` names what training filters by: dataset rows (a ``.npy``'s rows are taken to be dataset rows;
+a cache's rows, in shard order without bad samples, are mapped to the dataset positions it recorded), or,
+for a cache of WebDataset shards, the kept samples' keys (sorted strings; ``data.keep`` on shards reads them).
 """
 from __future__ import annotations
 
@@ -42,12 +43,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def load_input(path: str, progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """The unit embeddings to curate and, for a teacher cache, the dataset row of each of them (None: a .npy,
-    whose rows are dataset rows). A cache without dataset rows is refused here, before the work."""
+    """The unit embeddings to curate and, for a teacher cache, what a keep list calls each of them (its
+    dataset row or sample key); None for a .npy, whose rows are dataset rows."""
     if not is_cache(path):
         return load_unit_embeddings(path, progress=progress), None
     cache = read_cache(path, progress=progress)
-    return cache.image, cache.require_dataset_rows()
+    return cache.image, cache.row_names()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.no_progress
     # Neither given: the paper's 43.7 %.
     target = None if args.threshold is not None else args.target_removal if args.target_removal is not None else 0.437
-    x, dataset_rows = load_input(args.embeddings, progress)
+    x, row_names = load_input(args.embeddings, progress)
     # Killed, the same command continues from what this directory holds (see curate/resume.py).
     work = WorkDir(Path(args.out) / ".work", source=args.embeddings)
     result = curate(x, mode=args.mode, clusters=args.clusters or None, target_removal=target, threshold=args.threshold,
                     max_cluster_size=args.max_cluster_size, seed=args.seed, progress=progress, work=work)
-    keep = None if dataset_rows is None else np.sort(dataset_rows[result.keep])
+    keep = None if row_names is None else np.sort(row_names[result.keep])
     report = write_report(result, args.out, mode=args.mode, keep=keep, extra={"embeddings": str(args.embeddings)})
     work.remove()  # only once every output is written: until then a rerun still resumes
     print(f"kept {report['n_kept']} of {report['n_total']} rows (removed {100 * report['removal']:.1f} %, "

@@ -51,14 +51,13 @@ class CacheEmbeddings:
     image: np.ndarray  # (N, D) the first stored view of each image (view 0)
     text: np.ndarray | None  # (N, D) when asked for
     dataset_rows: np.ndarray  # (N,) int64 dataset position of each row; -1 for WebDataset input
+    keys: np.ndarray  # (N,) str sample key of each row
     directory: Path
 
-    def require_dataset_rows(self) -> np.ndarray:
-        """``dataset_rows``, refused when the cache has none (a keep list must name dataset rows)."""
-        if np.any(self.dataset_rows < 0):
-            raise UserError(f"teacher cache {self.directory} was written from WebDataset shards, whose samples have "
-                            f"no dataset rows: a keep list needs a cache of a map-style dataset (synthetic, csv)")
-        return self.dataset_rows
+    def row_names(self) -> np.ndarray:
+        """What a keep list calls each row: its dataset row, or its sample key for a cache of WebDataset
+        shards (whose samples have no rows; training on shards filters by key)."""
+        return self.keys if np.any(self.dataset_rows < 0) else self.dataset_rows
 
 
 def read_cache(directory: str | Path, *, text: bool = False, progress: bool = False) -> CacheEmbeddings:
@@ -74,7 +73,9 @@ def read_cache(directory: str | Path, *, text: bool = False, progress: bool = Fa
         raise UserError(f"teacher cache {directory} holds no samples")
     image = _normalize_rows(cache.image_view(0).float().contiguous().numpy(), directory, progress)
     captions = _normalize_rows(cache.text.float().contiguous().numpy(), directory, progress) if text else None
-    return CacheEmbeddings(image=image, text=captions, dataset_rows=cache.dataset_rows.numpy(),
+    keys = np.empty(len(cache.index), dtype=cache.index.sorted_keys.dtype)
+    keys[cache.index.sorted_rows] = cache.index.sorted_keys
+    return CacheEmbeddings(image=image, text=captions, dataset_rows=cache.dataset_rows.numpy(), keys=keys,
                            directory=Path(directory))
 
 

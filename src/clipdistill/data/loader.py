@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_
 
 from clipdistill.data.bad_samples import BadSample
 from clipdistill.data.csv_pairs import CsvPairs
-from clipdistill.data.shards import ShardPairs
+from clipdistill.data.shards import KeptKeys, ShardPairs
 from clipdistill.data.synthetic import SyntheticPairs
 from clipdistill.errors import UserError
 
@@ -72,8 +72,9 @@ def train_batches(dataset, *, transform, tokenizers: dict[str, Callable], batch_
     ``caption`` and ``key`` (lists), ``index`` ``(B,)`` (-1 for shards), ``bad`` (kind -> samples skipped
     while producing this batch) and ``epoch``.
 
-    ``keep`` (dataset rows, or a ``.npy`` file of them: ``clipdistill curate``'s keep list) restricts a
-    map-style dataset to those rows (the ones below ``subset`` when both are given).
+    ``keep`` (``clipdistill curate``'s ``keep.npy``, or the array itself) restricts the data: for a
+    map-style dataset it lists dataset rows (those below ``subset`` count when both are given); for
+    WebDataset shards, sample keys (a ``.npy`` path; see :class:`~clipdistill.data.shards.KeptKeys`).
 
     ``views`` (a teacher cache's ``CachedViews``: key -> stored views or None) makes every sample replay
     one of its stored views, chosen from ``(seed, epoch, sample)``, instead of sampling a new one; the
@@ -91,8 +92,7 @@ def train_batches(dataset, *, transform, tokenizers: dict[str, Callable], batch_
         if subset:
             raise UserError("a training subset needs a map-style dataset (synthetic, csv), not shards")
         if keep is not None:
-            raise UserError("data.keep (a curated keep list) needs a map-style dataset (synthetic, csv), "
-                            "not webdataset shards: write the kept samples to new shards instead")
+            dataset = ShardPairs(dataset.path, dataset.shuffle_buffer, keep=KeptKeys.load(keep))
         loader = _shard_loader(dataset, **common)
     else:
         loader = _map_loader(dataset, subset=subset, keep=keep, **common)
@@ -296,6 +296,9 @@ def _kept_rows(keep, size: int, limit: int, name: str) -> np.ndarray | None:
         except (OSError, ValueError) as err:
             raise UserError(f"data.keep: cannot read {keep} as a .npy array of row indices ({err})") from None
     rows = np.unique(np.asarray(keep))
+    if rows.dtype.kind in "US":
+        raise UserError(f"data.keep lists sample keys (curated from a teacher cache of WebDataset shards): it "
+                        f"applies to webdataset data, not to {name}")
     if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer) or (len(rows) and (rows[0] < 0 or rows[-1] >= size)):
         raise UserError(f"data.keep must list integer rows of {name} (0..{size - 1}); got {rows.dtype} "
                         f"{rows.min() if rows.size else ''}..{rows.max() if rows.size else ''}")

@@ -11,6 +11,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import webdataset as wds
 
 from clipdistill.data.bad_samples import BadSample, decode_image
@@ -93,13 +94,56 @@ def to_pair(sample: dict) -> dict:
             "caption": caption, "key": key}
 
 
-class ShardPairs:
-    """A set of shards, streamed forever by :meth:`stream` (one reader's share)."""
+class KeptKeys:
+    """A curated keep list of WebDataset sample keys: a sorted string ``.npy`` (``clipdistill curate`` of a
+    teacher cache of shards writes one), memory-mapped and searched by bisection, so a list of hundreds of
+    millions of keys costs its file size in page cache, not Python strings in every DataLoader worker."""
 
-    def __init__(self, path: str, shuffle_buffer: int = 1000):
+    def __init__(self, keys: np.ndarray, source: str = ""):
+        self.keys, self.source = keys, source
+
+    @classmethod
+    def load(cls, path: str | Path | np.ndarray) -> "KeptKeys":
+        """From a ``.npy`` path (memory-mapped) or an array already in memory."""
+        if isinstance(path, np.ndarray):
+            keys, path = path, "an array"
+        else:
+            try:
+                keys = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as err:
+                raise UserError(f"data.keep: cannot read {path} as a .npy keep list ({err})") from None
+        if keys.dtype.kind in "iu":
+            raise UserError(f"data.keep: {path} lists dataset rows, but WebDataset samples have no rows: curate a "
+                            "teacher cache of these shards (clipdistill cache, then curate) to get a list of keys")
+        if keys.ndim != 1 or keys.dtype.kind not in "US":
+            raise UserError(f"data.keep: {path} must be a 1-D array of sample keys, got {keys.dtype} {keys.shape}")
+        if len(keys) > 1 and not np.all(keys[:-1] < keys[1:]):
+            raise UserError(f"data.keep: the keys in {path} are not sorted and unique (clipdistill curate writes them so)")
+        return cls(keys, str(path))
+
+    def __contains__(self, key: str) -> bool:
+        position = int(np.searchsorted(self.keys, key))
+        return position < len(self.keys) and self.keys[position] == key
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class ShardPairs:
+    """A set of shards, streamed forever by :meth:`stream` (one reader's share).
+
+    ``keep`` (:class:`KeptKeys`) restricts the stream to those sample keys; the others are dropped before
+    their image is decoded and are not counted as bad.
+    """
+
+    def __init__(self, path: str, shuffle_buffer: int = 1000, keep: KeptKeys | None = None):
         self.path = path
         self.shards = expand_shards(path)
         self.shuffle_buffer = shuffle_buffer
+        self.keep = keep
+
+    def _kept(self, raw: dict) -> bool:
+        return self.keep is None or raw.get("__key__") in self.keep
 
     def _epoch_pipeline(self, epoch: int, seed: int, reader: int, readers: int,
                         handler: _ShardErrors) -> wds.DataPipeline:
@@ -111,6 +155,7 @@ class ShardPairs:
             wds.SimpleShardList(self.shards, seed=seed + epoch),  # epoch e: shard order from seed + e
             *([mine] if by_shard else []),
             wds.tarfile_to_samples(handler=handler),
+            *([wds.select(self._kept)] if self.keep is not None else []),
             # Fewer shards than readers: everyone reads every shard and keeps every readers-th sample.
             *([] if by_shard else [mine]),
             wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer),
@@ -136,7 +181,8 @@ class ShardPairs:
                 yield item
             yield from self._unreadable(shard_errors, epoch)
             if seen == 0:
-                raise UserError(f"{self!r}: reader {reader} of {readers} found no samples in its shards")
+                kept = " that data.keep keeps" if self.keep is not None else ""
+                raise UserError(f"{self!r}: reader {reader} of {readers} found no samples{kept} in its shards")
 
     @staticmethod
     def _unreadable(shard_errors: _ShardErrors, epoch: int) -> Iterator[dict]:
@@ -145,4 +191,5 @@ class ShardPairs:
             yield {"bad": "unreadable_shard", "detail": errors[0], "epoch": epoch}
 
     def __repr__(self) -> str:
-        return f"ShardPairs('{self.path}', {len(self.shards)} shards)"
+        kept = f", keep {len(self.keep)} keys of {self.keep.source}" if self.keep is not None else ""
+        return f"ShardPairs('{self.path}', {len(self.shards)} shards{kept})"
