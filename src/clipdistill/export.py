@@ -9,7 +9,8 @@ Writes open_clip's own local/hub layout, which ``open_clip.create_model_and_tran
   the student, and are left behind. The student is open_clip's own module, loaded strictly, so its
   ``state_dict`` holds exactly the keys open_clip expects.
 
-Only safetensors is written (loading it never runs code).
+Only safetensors is written (loading it never runs code). `--format hf` writes a transformers
+``CLIPModel`` directory instead (see :mod:`clipdistill.export_hf`).
 """
 from __future__ import annotations
 
@@ -39,13 +40,19 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
 
 
+def load_student(checkpoint: str | Path):
+    """The run checkpoint's student (open_clip model, architecture, image spec), weights loaded strictly."""
+    state = load_run_checkpoint(checkpoint)
+    student = build_student(student_architecture(state))
+    load_weights(student.model, state["student"], checkpoint)
+    return student
+
+
 def export_run(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Export a run checkpoint's student to ``out_dir`` (created); returns the directory."""
     from safetensors.torch import save
 
-    state = load_run_checkpoint(checkpoint)
-    student = build_student(student_architecture(state))
-    load_weights(student.model, state["student"], checkpoint)
+    student = load_student(checkpoint)
     weights = _weights(student.model)
     out_dir = Path(out_dir)
     try:
@@ -66,10 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="run checkpoint (runs/NAME/checkpoints/step_*.pt)")
     parser.add_argument("out_dir", help="directory to write open_clip_config.json + open_clip_model.safetensors")
     parser.add_argument("--format", default="openclip", choices=["openclip", "hf"],
-                        help="openclip (default); hf is not implemented yet")
+                        help="openclip (default), or hf: a transformers CLIPModel directory (ViT students with "
+                             "open_clip's default text tower; needs clipdistill[hf])")
     args = parser.parse_args(argv)
     if args.format == "hf":
-        raise UserError("--format hf is not implemented yet; export as openclip (loadable with local-dir:DIR)")
+        from clipdistill.export_hf import write_hf
+
+        out = write_hf(load_student(args.checkpoint), args.out_dir)
+        print(f"exported to {out}: load with transformers.CLIPModel.from_pretrained('{out}') "
+              f"(and CLIPProcessor), or clipdistill eval --model hf:{out}")
+        return 0
     out = export_run(args.checkpoint, args.out_dir)
     print(f"exported to {out}: load with open_clip.create_model_and_transforms('local-dir:{out}')")
     return 0
