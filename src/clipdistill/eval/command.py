@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--num-images", type=int, default=500, help="size of a synthetic set")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     probe = parser.add_argument_group("linear probe (CLIP_benchmark's defaults)")
     probe.add_argument("--val-proportion", type=float, default=0.2, help="validation share of train for the "
                        "weight-decay search (0: no search, decay 0)")
@@ -78,7 +79,7 @@ def _datasets(args) -> tuple:
 
 def run_task(args, model: LoadedModel, datasets: tuple) -> dict:
     """The task's metrics for one model, CLIP_benchmark's names."""
-    options = {"batch_size": args.batch_size, "workers": args.workers, "progress": True}
+    options = {"batch_size": args.batch_size, "workers": args.workers, "progress": not args.no_progress}
     if args.task == "zeroshot_retrieval":
         return evaluate_retrieval(model.encoder, datasets[0], **options)
     if args.task == "zeroshot_classification":
