@@ -11,15 +11,17 @@ from typing import BinaryIO, Callable
 from clipdistill.errors import UserError
 
 
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], object], what: str = "") -> Path:
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], object], what: str = "",
+                 per_process: bool = False) -> Path:
     """Call ``write(file)`` on ``PATH.tmp``, then rename it over ``path``.
 
     Readers (and a rerun after a kill) see either the old file or the whole new one; a stale ``.tmp``
     is never read. A failure (``ENOSPC``, say) removes the temporary file and raises one line naming
-    ``path`` (after ``what``, e.g. "checkpoint", when given).
+    ``path`` (after ``what``, e.g. "checkpoint", when given). ``per_process`` names the temporary file
+    after this process, for a file that several ranks may write at once.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp" if per_process else path.name + ".tmp")
     try:
         with open(tmp, "wb") as file:
             write(file)
@@ -33,6 +35,6 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object], what: st
     return path
 
 
-def write_text_atomic(path: str | Path, text: str, what: str = "") -> Path:
+def write_text_atomic(path: str | Path, text: str, what: str = "", per_process: bool = False) -> Path:
     """:func:`write_atomic` for UTF-8 text (JSON, markdown, CSV)."""
-    return write_atomic(path, lambda file: file.write(text.encode("utf-8")), what=what)
+    return write_atomic(path, lambda file: file.write(text.encode("utf-8")), what=what, per_process=per_process)

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
+from clipdistill.atomic import write_text_atomic
 from clipdistill.errors import UserError
 
 FORMAT = "clipdistill-teacher-cache"
@@ -88,19 +88,9 @@ def read_manifest(directory: str | Path) -> dict:
 
 
 def write_manifest(directory: str | Path, manifest: dict) -> None:
-    path = Path(directory) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
-    # A per-process temporary name (ranks may write at once), synced before the rename: a machine crash
-    # must not leave a renamed but empty manifest in front of complete shards.
-    try:
-        with open(tmp, "w", encoding="utf-8") as file:
-            file.write(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"could not write {path}: {err.strerror or err}") from None
+    # Ranks may write at once: each through a temporary file of its own, synced, then renamed.
+    write_text_atomic(Path(directory) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n",
+                      per_process=True)
 
 
 def differences(found: dict, expected: dict, prefix: str = "") -> list[str]:

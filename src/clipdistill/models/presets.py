@@ -17,6 +17,7 @@ from pathlib import Path
 
 import open_clip
 
+from clipdistill.atomic import write_text_atomic
 from clipdistill.errors import UserError
 
 # open_clip's BPE tokenizer has 49408 tokens; every preset uses it so any open_clip tokenizer fits.
@@ -85,7 +86,8 @@ def register_config(config: dict, name: str | None = None) -> str:
     if open_clip.get_model_config(name) == json.loads(text):
         return name  # already registered in this process
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, text)
+    # Another rank may read the file while this one writes it: rename makes the write all-or-nothing.
+    write_text_atomic(path, text, per_process=True)
     open_clip.add_model_config(path)
     return name
 
@@ -101,13 +103,6 @@ def _config_dir() -> Path:
     # A cache, not state: anything here can be deleted; it is re-written on next use.
     root = os.environ.get("CLIPDISTILL_CACHE") or Path(tempfile.gettempdir()) / "clipdistill"
     return Path(root) / "open_clip_configs"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    # Another rank may read the file while this one writes it: rename makes the write all-or-nothing.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def preset_config(name: str) -> dict:
