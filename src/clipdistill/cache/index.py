@@ -6,11 +6,11 @@ Rows number the samples in shard order (shard 0's rows first). The file holds th
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from clipdistill.atomic import write_atomic
 from clipdistill.errors import UserError
 
 INDEX = "index.npz"
@@ -25,11 +25,8 @@ def write_index(directory: str | Path, keys_per_shard: list[list[str]]) -> int:
     if duplicate.size:
         raise UserError(f"sample key '{sorted_keys[duplicate[0]]}' occurs more than once in the data; "
                         f"a cache needs unique keys")
-    path = Path(directory) / INDEX
-    tmp = path.with_name(f".{INDEX}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, keys=sorted_keys, rows=order.astype(np.int64))
-    os.replace(tmp, path)
+    write_atomic(Path(directory) / INDEX, lambda file: np.savez(file, keys=sorted_keys, rows=order.astype(np.int64)),
+                 per_process=True)
     return int(keys.size)
 
 

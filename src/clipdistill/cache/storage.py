@@ -13,13 +13,13 @@ A shard file exists only once it is complete (temporary name, then rename): resu
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 
+from clipdistill.atomic import write_atomic
 from clipdistill.errors import UserError
 
 FORMATS = {"safetensors": ".safetensors", "numpy": ".npz"}
@@ -41,20 +41,16 @@ def shard_path(directory: Path, number: int, storage: str) -> Path:
 
 def write_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict, storage: str) -> None:
     """Write ``tensors`` and the JSON-able ``meta`` (``{"keys": [...], ...}``) to ``path`` all-or-nothing."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if storage == "safetensors":
-            from safetensors.torch import save_file
+    write_atomic(path, lambda file: _serialize(file, tensors, meta, storage), what="cache shard", per_process=True)
 
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"meta": json.dumps(meta)})
-        else:
-            with open(tmp, "wb") as f:
-                np.savez(f, meta=np.array(json.dumps(meta)), **{k: v.numpy() for k, v in tensors.items()})
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"could not write cache shard {path}: {err.strerror or err}") from None
+
+def _serialize(file, tensors: dict[str, torch.Tensor], meta: dict, storage: str) -> None:
+    if storage == "safetensors":
+        from safetensors.torch import save
+
+        file.write(save({k: v.contiguous() for k, v in tensors.items()}, metadata={"meta": json.dumps(meta)}))
+    else:
+        np.savez(file, meta=np.array(json.dumps(meta)), **{k: v.numpy() for k, v in tensors.items()})
 
 
 def read_shard(path: Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipdistill.atomic import write_text_atomic
+from clipdistill.atomic import write_atomic, write_text_atomic
 from clipdistill.curate.pseudo_labels import TOWERS, PseudoLabels, pseudo_labels
 from clipdistill.curate.sources import is_cache, load_unit_embeddings, read_cache
 from clipdistill.errors import UserError
@@ -84,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
                            seed=args.seed, progress=progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "labels.npy", result.labels)
-    np.save(out / "centroids.npy", result.centroids)
+    write_atomic(out / "labels.npy", lambda file: np.save(file, result.labels))
+    write_atomic(out / "centroids.npy", lambda file: np.save(file, result.centroids))
     for name, centres in result.tower_centroids.items():
-        np.save(out / f"centroids_{name}.npy", centres)
+        write_atomic(out / f"centroids_{name}.npy", lambda file, centres=centres: np.save(file, centres))
     sizes = np.bincount(result.labels, minlength=len(result.centroids))
     summary = {"n": int(len(result.labels)), "clusters": int(len(result.centroids)), "tower": args.tower,
                "embeddings": args.embeddings, "text_embeddings": args.text_embeddings,
