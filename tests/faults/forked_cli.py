@@ -1,5 +1,6 @@
 """What a forked process runs: the CLI's own entry point, on one thread (see test_kill_resume)."""
 import itertools
+import multiprocessing
 import os
 import signal
 import sys
@@ -14,6 +15,10 @@ PRELOAD = ["clipdistill.train.loop", "clipdistill.curate.command", "faults.forke
 
 def train(argv: list[str]) -> None:
     torch.set_num_threads(1)
+    # A process started by the fork server inherits its start method, so its DataLoader workers would be
+    # children of the fork server too; their watchdog (is my parent still the trainer?) then never sees a
+    # SIGKILLed trainer die, and each kill would leave a worker behind. `python -m clipdistill.cli` forks.
+    multiprocessing.set_start_method("fork", force=True)
     sys.exit(cli.main(argv))
 
 

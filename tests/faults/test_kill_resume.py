@@ -83,7 +83,9 @@ def _why_ended(process) -> str:
 def kill_after_step(process, out: Path, step: int, delay_s: float) -> None:
     """SIGKILL once a checkpoint at or past ``step`` (and past where this process started) exists,
     ``delay_s`` later: somewhere inside a later step or save."""
-    step = max(step, newest_step(out) + 1)
+    # A late kill can find an earlier launch already finished (its last checkpoint is STEPS): then this
+    # launch resumes at the end and exits, and there is nothing left to kill.
+    step = min(max(step, newest_step(out) + 1), STEPS)
     deadline = time.time() + _TIMEOUT_S
     while newest_step(out) < step:
         if not _alive(process):
