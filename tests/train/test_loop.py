@@ -58,6 +58,23 @@ def test_resume_equals_continuous(tmp_path):
     for part in ("student", "objective"):
         for key, value in a[part].items():
             assert torch.equal(value, b[part][key]), (part, key)
+    # The recomputed steps replace their first records instead of appearing twice, with the same values.
+    metrics = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+               for name in ("continuous", "resumed")}
+    assert [r["step"] for r in metrics["resumed"]] == [r["step"] for r in metrics["continuous"]] == [2, 4, 6, 8]
+    assert [r["loss"] for r in metrics["resumed"]] == [r["loss"] for r in metrics["continuous"]]
+
+
+def test_resume_drops_the_later_records_and_a_line_cut_by_a_kill(tmp_path):
+    from clipdistill.train.metrics_log import MetricsLog
+
+    lines = [json.dumps({"step": s, "loss": float(s)}) for s in (2, 4, 6)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 8, "lo')
+    log = MetricsLog(tmp_path, enabled=True, resumed_at=4)
+    log.write(6, {"loss": 0.5})
+    log.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records == [{"step": 2, "loss": 2.0}, {"step": 4, "loss": 4.0}, {"step": 6, "loss": 0.5}]
 
 
 def test_baseline_needs_no_teacher(tmp_path):
