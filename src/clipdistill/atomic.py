@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -21,7 +22,9 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object], what: st
     after this process, for a file that several ranks may write at once.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp" if per_process else path.name + ".tmp")
+    # Host and pid: ranks on different machines of a shared file system can have the same pid.
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp" if per_process
+                         else path.name + ".tmp")
     try:
         with open(tmp, "wb") as file:
             write(file)
@@ -32,6 +35,9 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object], what: st
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise UserError(f"could not write {what + ' ' if what else ''}{path}: {err.strerror or err}") from None
+    except BaseException:  # a failing serializer, Ctrl-C: no temporary file left behind either
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

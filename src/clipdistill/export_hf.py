@@ -12,6 +12,8 @@ The directory holds what ``transformers.CLIPModel``/``CLIPProcessor.from_pretrai
 and merges as ``vocab.json``/``merges.txt``) and ``preprocessor_config.json`` (the student's resize and
 normalization). The model is built by ``transformers`` and loaded strictly, so a wrong mapping cannot be
 written silently; ``tests/test_export_hf.py`` checks equal embeddings against open_clip.
+transformers' CLIP tokenizer skips open_clip's text cleaning (ftfy, HTML unescaping): text with entities
+or unusual Unicode may tokenize differently, as with every Hugging Face CLIP.
 """
 from __future__ import annotations
 
@@ -38,15 +40,23 @@ def check_maps_to_hf(model_cfg: dict) -> None:
     unsupported = ([f"{k}" for k in model_cfg if k not in _TOP_KEYS]
                    + [f"vision_cfg.{k}" for k in vision if k not in _VISION_KEYS]
                    + [f"text_cfg.{k}" for k in text if k not in _TEXT_KEYS])
-    if not isinstance(vision.get("layers"), int):
-        unsupported.insert(0, "vision_cfg.layers (a ResNet image tower)")
+    if not isinstance(vision.get("layers", 12), int):
+        unsupported.append("vision_cfg.layers (a ResNet image tower)")
     if text.get("vocab_size", _OPEN_CLIP_VOCAB) != _OPEN_CLIP_VOCAB:
         unsupported.append(f"text_cfg.vocab_size={text['vocab_size']} (not open_clip's BPE tokenizer)")
-    if not isinstance(vision.get("image_size", 224), int):
-        unsupported.append("vision_cfg.image_size (non-square)")
+    if _image_size(vision) is None:
+        unsupported.append("vision_cfg.image_size (not square)")
     if unsupported:
         raise UserError(f"--format hf: {unsupported[0]} has no transformers CLIPModel equivalent; "
                         "export as openclip (the default) instead")
+
+
+def _image_size(vision: dict) -> int | None:
+    """The side of a square input (open_clip allows ``224`` or ``[224, 224]``); None when not square."""
+    size = vision.get("image_size", 224)
+    if isinstance(size, (list, tuple)):
+        return int(size[0]) if len(size) == 2 and size[0] == size[1] else None
+    return int(size)
 
 
 def hf_config_dict(model_cfg: dict) -> dict:
@@ -57,7 +67,7 @@ def hf_config_dict(model_cfg: dict) -> dict:
     vision_config = {"hidden_size": v_width, "intermediate_size": int(v_width * vision.get("mlp_ratio", 4.0)),
                      "num_hidden_layers": vision.get("layers", 12),
                      "num_attention_heads": v_width // vision.get("head_width", 64),
-                     "image_size": vision.get("image_size", 224), "patch_size": vision.get("patch_size", 16),
+                     "image_size": _image_size(vision), "patch_size": vision.get("patch_size", 16),
                      "hidden_act": act, "layer_norm_eps": 1e-5, "projection_dim": model_cfg["embed_dim"]}
     text_config = {"vocab_size": _OPEN_CLIP_VOCAB, "hidden_size": t_width,
                    "intermediate_size": int(t_width * text.get("mlp_ratio", 4.0)),

@@ -89,6 +89,12 @@ def test_keep_list_kinds_that_cannot_apply_are_refused_in_one_line(shards, tmp_p
                            tokenizers={}, batch_size=2, seed=0, keep=str(tmp_path / "keys.npy")))
 
 
+def test_kept_keys_from_bytes_or_a_list_match_str_keys(tmp_path):
+    np.save(tmp_path / "bytes.npy", np.array([b"a0", b"b1"]))
+    assert "b1" in KeptKeys.load(tmp_path / "bytes.npy") and "c2" not in KeptKeys.load(tmp_path / "bytes.npy")
+    assert "a0" in KeptKeys.load(["a0", "b1"])
+
+
 def test_kept_keys_membership_matches_a_python_set():
     rng = np.random.default_rng(0)
     keys = np.unique(np.array([f"{n:09d}" for n in rng.integers(0, 10**6, 500)]))

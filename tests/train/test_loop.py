@@ -68,13 +68,23 @@ def test_resume_equals_continuous(tmp_path):
 def test_resume_drops_the_later_records_and_a_line_cut_by_a_kill(tmp_path):
     from clipdistill.train.metrics_log import MetricsLog
 
-    lines = [json.dumps({"step": s, "loss": float(s)}) for s in (2, 4, 6)]
-    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 8, "lo')
-    log = MetricsLog(tmp_path, enabled=True, resumed_at=4)
-    log.write(6, {"loss": 0.5})
-    log.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first = MetricsLog(tmp_path, enabled=True)
+    for step in (2, 4, 6):
+        first.write(step, {"loss": float(step)})
+    first.close()
+    with open(tmp_path / "metrics.jsonl", "a") as file:
+        file.write('{"step": 8, "lo')  # a kill in the middle of a line
+    resumed = MetricsLog(tmp_path, enabled=True, resumed_at=4)
+    resumed.write(6, {"loss": 0.5})
+    resumed.close()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records == [{"step": 2, "loss": 2.0}, {"step": 4, "loss": 4.0}, {"step": 6, "loss": 0.5}]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    # The checkpoint's step stays, the recomputed one appears once with its new value.
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(2, 2.0), (4, 4.0), (6, 0.5)]
 
 
 def test_baseline_needs_no_teacher(tmp_path):

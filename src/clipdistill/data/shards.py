@@ -97,7 +97,8 @@ def to_pair(sample: dict) -> dict:
 class KeptKeys:
     """A curated keep list of WebDataset sample keys: a sorted string ``.npy`` (``clipdistill curate`` of a
     teacher cache of shards writes one), memory-mapped and searched by bisection, so a list of hundreds of
-    millions of keys costs its file size in page cache, not Python strings in every DataLoader worker."""
+    millions of keys costs its file size in page cache, not Python strings in every DataLoader worker
+    (forked workers share the map; a spawn or forkserver start method would copy it into each)."""
 
     def __init__(self, keys: np.ndarray, source: str = ""):
         self.keys, self.source = keys, source
@@ -105,8 +106,8 @@ class KeptKeys:
     @classmethod
     def load(cls, path: str | Path | np.ndarray) -> "KeptKeys":
         """From a ``.npy`` path (memory-mapped) or an array already in memory."""
-        if isinstance(path, np.ndarray):
-            keys, path = path, "an array"
+        if not isinstance(path, (str, Path)):
+            keys, path = np.asarray(path), "an array"
         else:
             try:
                 keys = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -117,6 +118,8 @@ class KeptKeys:
                             "teacher cache of these shards (clipdistill cache, then curate) to get a list of keys")
         if keys.ndim != 1 or keys.dtype.kind not in "US":
             raise UserError(f"data.keep: {path} must be a 1-D array of sample keys, got {keys.dtype} {keys.shape}")
+        if keys.dtype.kind == "S":  # bytes never equal the str keys webdataset yields: decode (in memory)
+            keys = np.char.decode(keys, "utf-8")
         if len(keys) > 1 and not np.all(keys[:-1] < keys[1:]):
             raise UserError(f"data.keep: the keys in {path} are not sorted and unique (clipdistill curate writes them so)")
         return cls(keys, str(path))

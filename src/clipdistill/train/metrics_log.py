@@ -18,7 +18,8 @@ class MetricsLog:
 
     ``resumed_at`` (the checkpoint's step, on a resume): the steps after it are trained again, so their
     old records go: ``metrics.jsonl`` keeps the lines up to that step (and drops a line a kill cut short),
-    and TensorBoard purges its later events (``purge_step``). Each step then appears once.
+    and TensorBoard purges its later events (``purge_step``). Each step then appears once. The loop
+    passes 0 when ``resume`` was asked for but no checkpoint was found: the run starts over.
     """
 
     def __init__(self, out_dir: Path, enabled: bool, resumed_at: int | None = None):
@@ -32,7 +33,9 @@ class MetricsLog:
                 if resumed_at is not None and self._path.is_file():
                     _keep_records_up_to(self._path, resumed_at)
                 self._file = open(self._path, "a", encoding="utf-8")
-                self._writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resumed_at)
+                # purge_step drops events at steps >= it: the checkpoint's own step was logged and stays.
+                purge = None if resumed_at is None else resumed_at + 1
+                self._writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=purge)
 
     def write(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
         if not self.enabled:
