@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
 from clipdistill.errors import UserError
+
+if TYPE_CHECKING:  # the cache package imports torch; this module is read without it
+    from clipdistill.cache.index import KeyIndex
 
 BLOCK = 65536
 
@@ -51,13 +55,17 @@ class CacheEmbeddings:
     image: np.ndarray  # (N, D) the first stored view of each image (view 0)
     text: np.ndarray | None  # (N, D) when asked for
     dataset_rows: np.ndarray  # (N,) int64 dataset position of each row; -1 for WebDataset input
-    keys: np.ndarray  # (N,) str sample key of each row
+    index: KeyIndex  # the cache's sorted keys and their rows
     directory: Path
 
     def row_names(self) -> np.ndarray:
         """What a keep list calls each row: its dataset row, or its sample key for a cache of WebDataset
         shards (whose samples have no rows; training on shards filters by key)."""
-        return self.keys if np.any(self.dataset_rows < 0) else self.dataset_rows
+        if not np.any(self.dataset_rows < 0):
+            return self.dataset_rows
+        keys = np.empty(len(self.index), dtype=self.index.sorted_keys.dtype)
+        keys[self.index.sorted_rows] = self.index.sorted_keys
+        return keys
 
 
 def read_cache(directory: str | Path, *, text: bool = False, progress: bool = False) -> CacheEmbeddings:
@@ -73,9 +81,7 @@ def read_cache(directory: str | Path, *, text: bool = False, progress: bool = Fa
         raise UserError(f"teacher cache {directory} holds no samples")
     image = _normalize_rows(cache.image_view(0).float().contiguous().numpy(), directory, progress)
     captions = _normalize_rows(cache.text.float().contiguous().numpy(), directory, progress) if text else None
-    keys = np.empty(len(cache.index), dtype=cache.index.sorted_keys.dtype)
-    keys[cache.index.sorted_rows] = cache.index.sorted_keys
-    return CacheEmbeddings(image=image, text=captions, dataset_rows=cache.dataset_rows.numpy(), keys=keys,
+    return CacheEmbeddings(image=image, text=captions, dataset_rows=cache.dataset_rows.numpy(), index=cache.index,
                            directory=Path(directory))
 
 
