@@ -220,11 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="training steps per run")
     parser.add_argument("--plot", help="PNG bar chart to write")
     parser.add_argument("--work", help="scratch directory (default: a temporary one)")
+    parser.add_argument("--workers", type=int, help="DataLoader workers of every configuration")
     parser.add_argument("--threads", type=int, help="torch intra-op threads of the training process (default: "
                         "torch's); 1 keeps a shared, oversubscribed CPU from stalling OpenMP barriers")
     args = parser.parse_args(argv)
     settings = dict(GPU if args.gpu else QUICK)
-    settings.update({k: v for k, v in (("repeats", args.repeats), ("steps", args.steps)) if v})
+    settings.update({k: v for k, v in (("repeats", args.repeats), ("steps", args.steps), ("workers", args.workers)) if v})
     if args.threads:
         torch.set_num_threads(args.threads)
     if settings["device"] == "cuda" and not torch.cuda.is_available():

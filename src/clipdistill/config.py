@@ -36,7 +36,9 @@ class TeacherConfig:
     model: ModelSpec = ""  # architecture for openclip/checkpoint sources
     pretrained: str = ""  # open_clip tag (openclip source)
     path: str = ""  # checkpoint file (checkpoint source) or Hugging Face CLIPModel directory (hf source)
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 (autocast on any device: faster on CPUs with
+    # AVX512-BF16/AMX; the student's own precision is train.precision)
+    precision: str = "auto"
     # source=cache (path: a `clipdistill cache` directory): strict = a sample missing from the cache is an
     # error; hybrid = missing samples are embedded live by the teacher the manifest names.
     cache_mode: str = "strict"

@@ -124,6 +124,20 @@ def test_hybrid_mode_loads_the_cached_teacher_and_refuses_changed_weights(tmp_pa
         open_for_training(str(changed), mode="hybrid")
 
 
+def test_manifest_records_the_teacher_precision_and_hybrid_computes_alike(tmp_path, cache_dir):
+    assert read_manifest(cache_dir)["teacher_precision"] == "fp32"
+    # This run asks for bf16; the cache was computed in fp32, so the gap-filling teacher must be too.
+    assert open_for_training(str(cache_dir), mode="hybrid", precision="bf16").teacher.compute_precision == "fp32"
+    bf16_cache = tmp_path / "bf16"
+    bf16_cache.mkdir()
+    for f in cache_dir.iterdir():
+        (bf16_cache / f.name).write_bytes(f.read_bytes())
+    manifest = read_manifest(bf16_cache)
+    manifest["teacher_precision"] = "bf16"
+    write_manifest(bf16_cache, manifest)
+    assert open_for_training(str(bf16_cache), mode="hybrid", precision="fp32").teacher.compute_precision == "bf16"
+
+
 def test_other_format_versions_and_non_caches_are_refused(tmp_path, cache_dir):
     with pytest.raises(UserError, match="not a teacher cache"):
         TeacherCache(tmp_path)

@@ -96,11 +96,23 @@ def test_teacher_outputs_are_not_inference_tensors(batch):
     torch.testing.assert_close(weight.grad, out.image.sum(0))
 
 
-def test_bf16_precision_is_a_no_op_on_cpu(tmp_path, original, batch):
+def test_auto_precision_is_fp32_on_cpu(tmp_path, original, batch):
+    torch.save(original.state_dict(), tmp_path / "t.pt")
+    teacher = load_teacher("checkpoint", model="tiny-teacher", path=str(tmp_path / "t.pt"), precision="auto")
+    image, _ = _expected(original, *batch)
+    assert teacher.compute_precision == "fp32"
+    torch.testing.assert_close(teacher.encode_image(batch[0]), image, rtol=0, atol=1e-6)
+
+
+def test_bf16_on_cpu_runs_under_autocast_and_gives_float32_close_to_fp32(tmp_path, original, batch):
     torch.save(original.state_dict(), tmp_path / "t.pt")
     teacher = load_teacher("checkpoint", model="tiny-teacher", path=str(tmp_path / "t.pt"), precision="bf16")
-    image, _ = _expected(original, *batch)
-    torch.testing.assert_close(teacher.encode_image(batch[0]), image, rtol=0, atol=1e-6)
+    out = teacher(*batch)
+    image, text = _expected(original, *batch)
+    assert teacher.compute_precision == "bf16" and out.image.dtype == out.text.dtype == torch.float32
+    assert (out.image - image).abs().max() > 1e-4  # bf16 rounding shows: autocast really ran
+    torch.testing.assert_close(out.image, image, rtol=0, atol=5e-2)
+    torch.testing.assert_close(out.text, text, rtol=0, atol=5e-2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

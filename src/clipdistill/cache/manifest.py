@@ -5,6 +5,7 @@ Fields (format version 1)::
     format, format_version   "clipdistill-teacher-cache", 1
     teacher                  Teacher.identity: source, model, pretrained, path, weights_sha256 (of a file)
     weights_fingerprint      SHA-256 over the teacher's tensors as loaded (identifies random and tag weights too)
+    teacher_precision        bf16 | fp32: how the teacher computed (Teacher.compute_precision)
     image_spec               the teacher's preprocessing (ImageSpec.as_dict)
     augmentation             how the stored views were drawn: views, scale, ratio, hflip, seed, sampler
     dataset                  what was embedded (kind, path, num_samples, seed, keys)
@@ -60,6 +61,7 @@ def build_manifest(*, teacher, fingerprint: str, augmentation: dict, dataset: di
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "teacher": dict(teacher.identity), "weights_fingerprint": fingerprint,
+        "teacher_precision": teacher.compute_precision,
         "image_spec": teacher.image_spec.as_dict(),
         "augmentation": {**augmentation, "sampler": VIEW_SAMPLER},
         "dataset": dict(dataset), "dtype": dtype, "storage": storage,

@@ -57,6 +57,8 @@ def _live_teacher(cache: TeacherCache, device: str, precision: str):
     from clipdistill.models import load_teacher
 
     identity = cache.manifest["teacher"]
+    # The live teacher computes as the cached one did (bf16 or fp32), whatever this run's teacher.precision.
+    precision = cache.manifest.get("teacher_precision", precision)
     teacher = load_teacher(identity["source"], model=identity["model"], pretrained=identity["pretrained"],
                            path=identity["path"], device=device, precision=precision)
     refuse_if_different(cache.manifest, {"weights_fingerprint": weights_fingerprint(teacher),

@@ -43,8 +43,9 @@ class Teacher(nn.Module):
             stored in teacher-cache manifests. ``weights_sha256`` is set for local files and HF
             directories; for an open_clip tag the tag names the weights; ``None`` with an empty
             ``pretrained`` means random weights, which identify nothing.
-        precision: ``"bf16"`` (or ``"auto"``) runs under bf16 autocast on CUDA; CPU always runs fp32
-            (bf16 matmuls are slow on most CPUs). Outputs are float32 either way.
+        precision: ``"bf16"`` runs under bf16 autocast on any device; ``"auto"`` does on CUDA only
+            (bf16 matmuls are slow on CPUs without AVX512-BF16 or AMX); ``"fp32"`` never.
+            Outputs are float32 either way.
     """
 
     def __init__(self, encoder: nn.Module, *, tokenizer: Tokenizer, image_spec: ImageSpec, embed_dim: int,
@@ -90,9 +91,16 @@ class Teacher(nn.Module):
         # features would fail; a clone made outside inference mode is an ordinary constant tensor.
         return features.clone()
 
+    @property
+    def compute_precision(self) -> str:
+        """``bf16`` or ``fp32``: what ``precision`` resolves to on this teacher's device."""
+        if self.precision == "bf16" or (self.precision == "auto" and self.device.type == "cuda"):
+            return "bf16"
+        return "fp32"
+
     def _autocast(self):
-        if self.device.type == "cuda" and self.precision in ("auto", "bf16"):
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.compute_precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
 
@@ -107,7 +115,8 @@ def load_teacher(source: str, *, model: str | dict = "", pretrained: str = "", p
         pretrained: open_clip pretrained tag (``laion400m_e32``) or local file; empty = random weights.
         path: weights file (checkpoint) or directory (hf).
         device: where the teacher runs.
-        precision: ``auto`` | ``fp32`` | ``bf16`` (bf16 autocast on CUDA only).
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU) | ``fp32`` | ``bf16`` (bf16 autocast on
+            any device: on a CPU with AVX512-BF16 or AMX it is the faster one).
     """
     precision = _check_precision(precision)  # before loading gigabytes of weights
     if source == "openclip":
