@@ -43,12 +43,15 @@ from clipdistill.data import CsvPairs, SyntheticPairs
 from clipdistill.models import load_teacher, resolve_architecture
 from clipdistill.train.loop import run as train_run
 
-QUICK = {"student": "tiny", "teacher": "tiny-teacher", "batch": 64, "steps": 20, "warmup": 4, "workers": 2,
+QUICK = {"student": "tiny", "teacher": "tiny-teacher", "batch": 64, "steps": 30, "warmup": 4, "workers": 1,
          "device": "cpu", "precision": "fp32", "image_px": 64, "repeats": 5}
 GPU = {"student": "ViT-B-16", "teacher": "ViT-L-14", "batch": 256, "steps": 40, "warmup": 10, "workers": 8,
        "device": "cuda", "precision": "bf16", "image_px": 128, "repeats": 2}
 KD_LOSSES = {"clip": {"weight": 1.0}, "fd": {"weight": 3.9}, "crd": {"weight": 1.0}, "icl": {"weight": 1.0}}
 NAMES = ("plain", "online_kd", "cached_kd", "open_clip_plain", "open_clip_distill")
+# Quick mode also runs our online KD with the teacher alone in bf16 (teacher.precision=bf16, the student
+# in fp32): open_clip has one precision for both models. In GPU mode both teachers already run in bf16.
+BF16_TEACHER = "online_kd_bf16_teacher"
 
 
 # ----------------------------------------------------------------------------- shared inputs
@@ -80,8 +83,9 @@ def write_teacher_weights(model: str, path: Path) -> Path:
 
 def our_config(s: dict, csv: Path, teacher_file: Path, kind: str, cache_dir: Path | None) -> config_lib.Config:
     teacher = {"source": "none"}
-    if kind == "online_kd":
-        teacher = {"source": "checkpoint", "model": s["teacher"], "path": str(teacher_file), "precision": s["precision"]}
+    if kind in ("online_kd", BF16_TEACHER):
+        precision = "bf16" if kind == BF16_TEACHER else s["precision"]
+        teacher = {"source": "checkpoint", "model": s["teacher"], "path": str(teacher_file), "precision": precision}
     if kind == "cached_kd":
         teacher = {"source": "cache", "path": str(cache_dir)}
     return config_lib.from_dict({
@@ -173,9 +177,12 @@ def measure(s: dict, work: Path) -> dict:
         "open_clip_plain": lambda: run_open_clip(s, csv, work / "oc", "plain", None),
         "open_clip_distill": lambda: run_open_clip(s, csv, work / "oc", "distill", teacher_file),
     }
-    rates = {name: [] for name in NAMES}
+    if s["device"] == "cpu":
+        runs[BF16_TEACHER] = lambda: run_ours(our_config(s, csv, teacher_file, BF16_TEACHER, None),
+                                              work / "online_bf16", s["warmup"])
+    rates = {name: [] for name in runs}
     for round_ in range(s["repeats"]):
-        for name in NAMES:
+        for name in runs:
             rates[name].append(runs[name]())
             print(f"round {round_ + 1}/{s['repeats']} {name:<18} {rates[name][-1]:9.1f} samples/s", flush=True)
     result = {name: statistics.median(values) for name, values in rates.items()}
@@ -188,9 +195,12 @@ def measure(s: dict, work: Path) -> dict:
 
 
 def ratios(r: dict) -> dict:
-    return {"cached_kd/plain": r["cached_kd"] / r["plain"], "plain/open_clip_plain": r["plain"] / r["open_clip_plain"],
-            "online_kd/open_clip_distill": r["online_kd"] / r["open_clip_distill"],
-            "online_kd/plain": r["online_kd"] / r["plain"]}
+    out = {"cached_kd/plain": r["cached_kd"] / r["plain"], "plain/open_clip_plain": r["plain"] / r["open_clip_plain"],
+           "online_kd/open_clip_distill": r["online_kd"] / r["open_clip_distill"],
+           "online_kd/plain": r["online_kd"] / r["plain"]}
+    if BF16_TEACHER in r:
+        out[f"{BF16_TEACHER}/open_clip_distill"] = r[BF16_TEACHER] / r["open_clip_distill"]
+    return out
 
 
 def plot(result: dict, path: Path, title: str) -> None:
@@ -200,12 +210,13 @@ def plot(result: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    values = [result[name] for name in NAMES]
-    bars = ax.bar(NAMES, values, color=["#4c72b0", "#dd8452", "#55a868", "#8c8c8c", "#b0b0b0"])
+    names = [name for name in (*NAMES, BF16_TEACHER) if name in result]
+    colors = ["#4c72b0", "#dd8452", "#55a868", "#8c8c8c", "#b0b0b0", "#c44e52"]
+    bars = ax.bar(names, [result[name] for name in names], color=colors[:len(names)])
     ax.bar_label(bars, fmt="%.0f")
     ax.set_ylabel("samples/s")
     ax.set_title(title, fontsize=9)
-    ax.tick_params(axis="x", labelsize=8)
+    ax.tick_params(axis="x", labelsize=7, rotation=15)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -220,14 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="training steps per run")
     parser.add_argument("--plot", help="PNG bar chart to write")
     parser.add_argument("--work", help="scratch directory (default: a temporary one)")
-    parser.add_argument("--workers", type=int, help="DataLoader workers of every configuration")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads of the training process (default: "
-                        "torch's); 1 keeps a shared, oversubscribed CPU from stalling OpenMP barriers")
+    parser.add_argument("--workers", type=int, help="DataLoader workers of every configuration (quick: 1)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads of the training process (quick "
+                        "default: CPU cores minus workers, so loading and compute do not fight over cores; "
+                        "GPU default: torch's)")
     args = parser.parse_args(argv)
     settings = dict(GPU if args.gpu else QUICK)
     settings.update({k: v for k, v in (("repeats", args.repeats), ("steps", args.steps), ("workers", args.workers)) if v})
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or (max(1, (os.cpu_count() or 1) - settings["workers"]) if settings["device"] == "cpu" else 0)
+    if threads:
+        torch.set_num_threads(threads)
     if settings["device"] == "cuda" and not torch.cuda.is_available():
         print("--gpu needs CUDA", file=sys.stderr)
         return 2
@@ -244,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot(result, Path(args.plot), f"{settings['student']} student, {settings['teacher']} teacher, batch "
                                       f"{settings['batch']}, {settings['device']}")
-    print(json.dumps({k: result[k] for k in (*NAMES, "cache_bytes_per_sample", "ratios", "ratios_best", "seconds")},
+    print(json.dumps({k: result[k] for k in (*NAMES, "cache_bytes_per_sample", "ratios", "ratios_best", "seconds")
+                      if k in result},
                      indent=2))
     return 0
 

@@ -47,6 +47,28 @@ def test_no_decay_on_scales_and_biases():
     assert any("logit_scale" in names[id(p)] for p in plain["params"])
 
 
+def test_fused_adamw_matches_the_per_parameter_loop():
+    # The fused kernel (what build_optimizer picks on CPU and CUDA) against torch's reference loop.
+    model = make_model(CASES["clipkd"])
+    reference_model = make_model(CASES["clipkd"])  # same seed: same initial weights
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = build_optimizer(model, lr=0.01, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6)
+    assert all(group["fused"] for group in optimizer.param_groups)
+    reference = build_optimizer(reference_model, lr=0.01, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6)
+    for group in reference.param_groups:
+        group["fused"], group["foreach"] = None, False
+    images, tokens, teacher = make_inputs()
+    for _ in range(5):
+        for m, opt in ((model, optimizer), (reference_model, reference)):
+            opt.zero_grad()
+            m(images, tokens, teacher)[0].backward()
+            opt.step()
+    for (name, p), q in zip(model.named_parameters(), reference_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=name)
+    moved = max((p - initial[n]).abs().max().item() for n, p in model.named_parameters())
+    assert moved > 1e-2  # the weights did move: the comparison is not of two untouched models
+
+
 def test_non_finite_loss_names_step_and_term():
     model = make_model({"clip": {}, "fd": {}})
     optimizer = build_optimizer(model, lr=0.1, weight_decay=0.0, betas=(0.9, 0.98), eps=1e-6)
