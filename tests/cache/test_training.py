@@ -146,7 +146,7 @@ def test_other_format_versions_and_non_caches_are_refused(tmp_path, cache_dir):
     manifest = read_manifest(tmp_path)
     manifest["format_version"] = 99
     (tmp_path / "manifest.json").write_text(__import__("json").dumps(manifest))
-    with pytest.raises(UserError, match="version 99 is not 'clipdistill-teacher-cache' version 1"):
+    with pytest.raises(UserError, match="version 99 is not 'clipdistill-teacher-cache' version 1 or 2"):
         TeacherCache(tmp_path)
 
 

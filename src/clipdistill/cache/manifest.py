@@ -1,8 +1,8 @@
 """``manifest.json``: what a teacher cache holds and how it was made, so a run can refuse a wrong one.
 
-Fields (format version 1)::
+Fields (format version 2)::
 
-    format, format_version   "clipdistill-teacher-cache", 1
+    format, format_version   "clipdistill-teacher-cache", 2 (version 1, without ``image_row``, is still read)
     teacher                  Teacher.identity: source, model, pretrained, path, weights_sha256 (of a file)
     weights_fingerprint      SHA-256 over the teacher's tensors as loaded (identifies random and tag weights too)
     teacher_precision        bf16 | fp32: how the teacher computed (Teacher.compute_precision)
@@ -14,7 +14,9 @@ Fields (format version 1)::
     captions_per_sample      1 (every dataset here gives one caption per sample)
     shard_size, num_shards   the work split (the unit of resume and of rank assignment)
     tensors                  shapes of each shard's tensors
-    count, skipped, complete filled in when the last shard is written (complete: false until then)
+    count, images            filled in when the last shard is written: samples (rows) and stored image
+    skipped, complete        entries (fewer when rows of a shard share an image), skipped samples; complete:
+                             false until then
     extras                   name -> description of per-sample extras (CID pseudo-labels, centroids), see extras.py
 
 ``settings`` are all fields but the last group: a resumed run must have the same settings.
@@ -31,14 +33,17 @@ from clipdistill.atomic import write_text_atomic
 from clipdistill.errors import UserError
 
 FORMAT = "clipdistill-teacher-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 stored one image entry per row (no ``image_row``)
 MANIFEST = "manifest.json"
 # Written once the cache is complete; everything else is fixed before the first shard.
-RESULT_FIELDS = ("count", "skipped", "complete", "extras")
+RESULT_FIELDS = ("count", "images", "skipped", "complete", "extras")
 # Which fields a view replay depends on: the sampler's algorithm is versioned with the code.
 VIEW_SAMPLER = "clipdistill.data.transforms.sample_view/v1"
-TENSORS = {"image": "(n, views, dim)", "text": "(n, dim)", "view": "(n, views, 5) int32 top,left,height,width,flip",
-           "index": "(n,) int64 dataset position (-1 for shards)"}
+TENSORS = {"image": "(images, views, dim)", "text": "(n, dim)",
+           "view": "(n, views, 5) int32 top,left,height,width,flip (a copy of the views of the row's image)",
+           "index": "(n,) int64 dataset position (-1 for shards)",
+           "image_row": "(n,) int64 entry of image holding the row's image (rows of one image share it)"}
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
@@ -67,7 +72,7 @@ def build_manifest(*, teacher, fingerprint: str, augmentation: dict, dataset: di
         "dataset": dict(dataset), "dtype": dtype, "storage": storage,
         "dim": int(teacher.embed_dim), "logit_scale": float(teacher.logit_scale()),
         "captions_per_sample": 1, "shard_size": int(shard_size), "num_shards": int(num_shards), "tensors": TENSORS,
-        "count": None, "skipped": {}, "complete": False, "extras": {},
+        "count": None, "images": None, "skipped": {}, "complete": False, "extras": {},
     }
 
 
@@ -83,9 +88,9 @@ def read_manifest(directory: str | Path) -> dict:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"cannot read {path}: {err}") from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format") != FORMAT or manifest.get("format_version") not in READABLE_VERSIONS:
         raise UserError(f"{path}: cache format {manifest.get('format')!r} version {manifest.get('format_version')!r}"
-                        f" is not {FORMAT!r} version {FORMAT_VERSION}; rebuild it with clipdistill cache")
+                        f" is not {FORMAT!r} version {' or '.join(map(str, READABLE_VERSIONS))}; rebuild it with clipdistill cache")
     return manifest
 
 

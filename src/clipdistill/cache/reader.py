@@ -6,6 +6,9 @@ into memory. Training gathers its batch's rows
 from the maps (:meth:`TeacherCache.image_rows`), so opening a cache costs no time and no RAM whatever its
 size, a cache bigger than RAM pages in on demand, and the ranks of one node share one copy in the page
 cache instead of holding one each. ``numpy``-format shards are read into memory.
+
+Rows are samples; a shard's ``image`` tensor may hold fewer entries than it has rows (rows showing
+the same image share one, through ``image_row``). Everything this class hands out is per row.
 """
 from __future__ import annotations
 
@@ -63,7 +66,9 @@ class TeacherCache:
                  for n in range(self.manifest["num_shards"])]
         self._image_parts = [p["image"] for p in parts]
         self._text_parts = [p["text"] for p in parts]
-        sizes = np.array([len(p["image"]) for p in parts], dtype=np.int64)
+        # Format 1 stored one image entry per row.
+        self._image_row_parts = [p.get("image_row", torch.arange(len(p["text"]))) for p in parts]
+        sizes = np.array([len(p["text"]) for p in parts], dtype=np.int64)
         self._shard_starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]) if len(parts) else sizes
         self.view, self.dataset_rows = (torch.cat([p[name] for p in parts]) for name in ("view", "index"))
         if int(sizes.sum()) != len(self.index):
@@ -86,12 +91,18 @@ class TeacherCache:
         for shard in np.unique(shard_of):
             pick = torch.from_numpy(shard_of == shard)
             local = rows[pick] - int(self._shard_starts[shard])
-            out[pick] = (parts[shard][local] if views is None else parts[shard][local, views[pick]]).float()
+            if views is None:
+                out[pick] = parts[shard][local].float()
+            else:
+                out[pick] = parts[shard][self._image_row_parts[shard][local], views[pick]].float()
         return out
 
     @cached_property
     def image(self) -> torch.Tensor:
-        return torch.cat(self._image_parts) if self._image_parts else torch.empty(0, self.views_per_sample, self.dim)
+        """``(N, V, D)``, one entry per row (rows sharing an image get copies), in memory."""
+        if not self._image_parts:
+            return torch.empty(0, self.views_per_sample, self.dim)
+        return torch.cat([part[rows] for part, rows in zip(self._image_parts, self._image_row_parts)])
 
     @cached_property
     def text(self) -> torch.Tensor:
@@ -99,8 +110,9 @@ class TeacherCache:
 
     def image_view(self, view: int) -> torch.Tensor:
         """``(N, D)`` view ``view`` of every image, in memory (without reading the other views)."""
-        return torch.cat([part[:, view] for part in self._image_parts]) if self._image_parts \
-            else torch.empty(0, self.dim)
+        if not self._image_parts:
+            return torch.empty(0, self.dim)
+        return torch.cat([part[:, view][rows] for part, rows in zip(self._image_parts, self._image_row_parts)])
 
     def __len__(self) -> int:
         return len(self.index)

@@ -60,6 +60,23 @@ def raw_items(dataset, unit: Unit) -> Iterator:
     yield from wds.DataPipeline(wds.SimpleShardList([unit.url]), wds.tarfile_to_samples(handler=_skip_and_continue))
 
 
+def with_image_ids(dataset, items) -> Iterator[tuple[object, str | None, bool]]:
+    """``(item, image id, repeat)`` for each raw item of one unit.
+
+    A dataset with ``image_id(position)`` (CSV: the image file) names each row's image; ``repeat`` is
+    True for a row whose image an earlier row of the same unit showed, so the cache embeds that image
+    once and the row only adds its caption. Datasets without it (synthetic, WebDataset) give None:
+    every item its own image.
+    """
+    image_id = getattr(dataset, "image_id", None)
+    seen: set[str] = set()
+    for item in items:
+        name = image_id(item) if image_id is not None and isinstance(item, int) else None
+        yield item, name, name in seen
+        if name is not None:
+            seen.add(name)
+
+
 def decode_item(dataset, item) -> dict:
     """A raw item as ``{"image", "caption", "key", "index"}``; raises BadSample when unusable."""
     if isinstance(item, int):

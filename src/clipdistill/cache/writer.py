@@ -2,7 +2,9 @@
 
 For each sample: the teacher's normalized embedding of ``views`` augmented views of the image,
 each view's parameters (the ``view`` tuple of :mod:`clipdistill.data.transforms`, so training can
-render exactly that crop for the student), and the normalized embedding of its caption.
+render exactly that crop for the student), and the normalized embedding of its caption. Rows of one
+shard that show the same image (a caption file with five rows per image) share one stored image
+entry and its views (``image_row``): the image is decoded, rendered and embedded once.
 
 Work is cut into units (:mod:`clipdistill.cache.units`), one shard file each, written atomically.
 Resuming = skipping every unit whose file exists; every unit is computed the same way whether or
@@ -25,7 +27,7 @@ from tqdm import tqdm
 from clipdistill.cache import manifest as manifest_lib
 from clipdistill.cache.index import write_index
 from clipdistill.cache.storage import DTYPES, check_encoding, read_meta, shard_path, write_shard
-from clipdistill.cache.units import Unit, decode_item, plan_units, raw_items, units_of_rank
+from clipdistill.cache.units import Unit, decode_item, plan_units, raw_items, units_of_rank, with_image_ids
 from clipdistill.data.bad_samples import BadSample
 from clipdistill.data.loader import sample_generator
 from clipdistill.data.transforms import apply_view, sample_view
@@ -62,21 +64,24 @@ class _RenderedItems(IterableDataset):
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         position = 0
         for unit in self.units:
-            for item in [*raw_items(self.dataset, unit), None]:  # None: the unit's end marker
+            end = (None, None, False)  # the unit's end marker
+            for item, image_id, repeat in [*with_image_ids(self.dataset, raw_items(self.dataset, unit)), end]:
                 if position % workers == worker:
-                    yield self._item(unit.number, item)
+                    yield self._item(unit.number, item, image_id, repeat)
                 position += 1
 
-    def _item(self, unit: int, item) -> dict:
+    def _item(self, unit: int, item, image_id: str | None, repeat: bool) -> dict:
         if item is None:
             return {"unit": unit, "end": True}
+        if repeat:  # the image is embedded already (an earlier row of this unit): the caption is enough
+            return {"unit": unit, **self.dataset.text_of(item), "index": item, "image_id": image_id}
         try:
             sample = decode_item(self.dataset, item)
         except BadSample as bad:
-            return {"unit": unit, "bad": bad.kind}
+            return {"unit": unit, "bad": bad.kind, "image_id": image_id}
         params, pixels = render_views(sample["image"], sample["key"], **self.render)
         return {"unit": unit, "key": sample["key"], "index": sample["index"], "caption": sample["caption"],
-                "view": params, "pixels": pixels}
+                "image_id": image_id, "view": params, "pixels": pixels}
 
 
 def _as_is(item):
@@ -84,40 +89,66 @@ def _as_is(item):
 
 
 class _UnitBuffer:
-    """One unit's rows as the teacher embeds them, batch by batch; becomes one shard file."""
+    """One unit's rows as the teacher embeds them, batch by batch; becomes one shard file.
+
+    Images and rows are counted apart: ``image`` has one entry per distinct image of the unit,
+    ``text``/``view``/``index``/``image_row`` one per row, ``image_row`` pointing into ``image``.
+    """
 
     def __init__(self, teacher, batch_size: int, dtype: torch.dtype):
         self.teacher, self.batch_size, self.dtype = teacher, batch_size, dtype
-        self.pending: list[dict] = []
-        self.parts: dict[str, list[torch.Tensor]] = {"image": [], "text": [], "view": [], "index": []}
+        self.pending_pixels: list[torch.Tensor] = []
+        self.pending_rows: list[dict] = []
+        self.parts: dict[str, list[torch.Tensor]] = {"image": [], "text": [], "view": [], "index": [], "image_row": []}
         self.keys: list[str] = []
         self.skipped: Counter = Counter()
+        self.image_views: list[torch.Tensor] = []  # each stored image's view parameters (V, 5)
+        self.image_row_of: dict[str, int] = {}  # image id -> its entry in ``image``
+        self.bad_images: dict[str, str] = {}  # image id -> why its first row was skipped
 
     def add(self, item: dict) -> None:
+        image_id = item.get("image_id")
         if "bad" in item:
             self.skipped[item["bad"]] += 1
+            if image_id is not None:
+                self.bad_images[image_id] = item["bad"]
             return
-        self.pending.append(item)
-        if len(self.pending) == self.batch_size:
+        if "pixels" in item:
+            image_row = len(self.image_views)
+            self.image_views.append(item["view"])
+            self.pending_pixels.append(item["pixels"])
+            if image_id is not None:
+                self.image_row_of[image_id] = image_row
+        elif image_id in self.bad_images:  # a later row of an unreadable image: skipped alike
+            self.skipped[self.bad_images[image_id]] += 1
+            return
+        else:
+            image_row = self.image_row_of[image_id]
+        self.pending_rows.append({"key": item["key"], "index": item["index"], "caption": item["caption"],
+                                  "image_row": image_row})
+        if len(self.pending_rows) == self.batch_size or len(self.pending_pixels) == self.batch_size:
             self.flush()
 
     def flush(self) -> None:
-        if not self.pending:
-            return
-        items, self.pending = self.pending, []
-        pixels = torch.stack([i["pixels"] for i in items])  # (b, V, 3, S, S)
-        image = self.teacher.encode_image(pixels.flatten(0, 1)).reshape(len(items), pixels.shape[1], -1)
-        text = self.teacher.encode_text(self.teacher.tokenizer([i["caption"] for i in items]))
-        self.parts["image"].append(image.cpu().to(self.dtype))
-        self.parts["text"].append(text.cpu().to(self.dtype))
-        self.parts["view"].append(torch.stack([i["view"] for i in items]))
-        self.parts["index"].append(torch.tensor([i["index"] for i in items], dtype=torch.int64))
-        self.keys += [i["key"] for i in items]
+        if self.pending_pixels:
+            pixels, self.pending_pixels = torch.stack(self.pending_pixels), []  # (b, V, 3, S, S)
+            image = self.teacher.encode_image(pixels.flatten(0, 1)).reshape(len(pixels), pixels.shape[1], -1)
+            self.parts["image"].append(image.cpu().to(self.dtype))
+        if self.pending_rows:
+            rows, self.pending_rows = self.pending_rows, []
+            text = self.teacher.encode_text(self.teacher.tokenizer([r["caption"] for r in rows]))
+            self.parts["text"].append(text.cpu().to(self.dtype))
+            image_rows = [r["image_row"] for r in rows]
+            self.parts["view"].append(torch.stack([self.image_views[i] for i in image_rows]))
+            self.parts["index"].append(torch.tensor([r["index"] for r in rows], dtype=torch.int64))
+            self.parts["image_row"].append(torch.tensor(image_rows, dtype=torch.int64))
+            self.keys += [r["key"] for r in rows]
 
     def tensors(self, dim: int, views: int) -> dict[str, torch.Tensor]:
         self.flush()
         empty = {"image": torch.zeros(0, views, dim, dtype=self.dtype), "text": torch.zeros(0, dim, dtype=self.dtype),
-                 "view": torch.zeros(0, views, 5, dtype=torch.int32), "index": torch.zeros(0, dtype=torch.int64)}
+                 "view": torch.zeros(0, views, 5, dtype=torch.int32), "index": torch.zeros(0, dtype=torch.int64),
+                 "image_row": torch.zeros(0, dtype=torch.int64)}
         return {name: torch.cat(parts) if parts else empty[name] for name, parts in self.parts.items()}
 
 
@@ -145,9 +176,9 @@ def write_shards(dataset, teacher, out_dir: str | Path, units: list[Unit], *, vi
     buffer, written = _UnitBuffer(teacher, batch_size, DTYPES[dtype]), []
     for item in items:
         if item.get("end"):
-            meta = {"keys": buffer.keys, "skipped": dict(buffer.skipped)}
-            write_shard(shard_path(out_dir, item["unit"], storage),
-                        buffer.tensors(teacher.embed_dim, views), meta, storage)
+            tensors = buffer.tensors(teacher.embed_dim, views)
+            meta = {"keys": buffer.keys, "skipped": dict(buffer.skipped), "images": len(tensors["image"])}
+            write_shard(shard_path(out_dir, item["unit"], storage), tensors, meta, storage)
             written.append(item["unit"])
             buffer = _UnitBuffer(teacher, batch_size, DTYPES[dtype])
             continue
@@ -168,7 +199,7 @@ def finalize(out_dir: str | Path) -> dict:
     metas = [read_meta(shard_path(out_dir, n, manifest["storage"])) for n in range(manifest["num_shards"])]
     count = write_index(out_dir, [m["keys"] for m in metas])
     skipped = sum((Counter(m["skipped"]) for m in metas), Counter())
-    manifest.update(count=count, skipped=dict(skipped), complete=True)
+    manifest.update(count=count, images=sum(m["images"] for m in metas), skipped=dict(skipped), complete=True)
     manifest_lib.write_manifest(out_dir, manifest)
     return manifest
 

@@ -102,9 +102,17 @@ class CsvPairs(torch.utils.data.Dataset):
     def image_path(self, index: int) -> Path:
         return self.path.parent / self.images[index]  # an absolute entry replaces the folder
 
+    def image_id(self, index: int) -> str:
+        """What identifies the row's image: rows with the same id show the same file (Flickr, COCO:
+        five caption rows per image). The teacher cache embeds such an image once."""
+        return str(self.image_path(index))
+
+    def text_of(self, index: int) -> dict:
+        """The row without its image: ``{"caption", "key"}`` (no file is read)."""
+        return {"caption": self.captions[index], "key": f"row{self.rows[index]:09d}"}
+
     def __getitem__(self, index: int) -> dict:
-        image = decode_image(self.image_path(index))
-        return {"image": image, "caption": self.captions[index], "key": f"row{self.rows[index]:09d}"}
+        return {"image": decode_image(self.image_path(index)), **self.text_of(index)}
 
     def __repr__(self) -> str:
         return f"CsvPairs('{self.path}')"
