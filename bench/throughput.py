@@ -4,8 +4,9 @@
     python bench/throughput.py --gpu --out runs/throughput_gpu.json  # ViT-L/14 teacher -> ViT-B/16, batch 256, CUDA
 
 One process, one dataset (a CSV of PNG files both trainers read), the same student, batch size, number
-of steps, DataLoader workers and gradient clipping (global norm 1.0, our default) for every
-configuration. Configurations run in interleaved rounds (plain, online, cached, open_clip plain,
+of steps, DataLoader workers, intra-op threads and gradient clipping (global norm 1.0, our default) for
+every configuration. Quick mode gives loading and compute a core each (1 worker, cores - 1 threads):
+more busy threads than cores measures the scheduler, not the trainers. Configurations run in interleaved rounds (plain, online, cached, open_clip plain,
 open_clip distill; again...) and each reports the median over rounds, so a change in machine load
 hits all of them alike, and (``best``, ``ratios_best``) its fastest round: on a shared machine other
 jobs only ever slow a run down, so the fastest round is the least disturbed one. samples/s counts steady-state steps
@@ -14,7 +15,8 @@ another process does not count) and includes data-loading waits, for us
 and for open_clip alike: per-step times come from our metrics.jsonl (log_every=1) and from open_clip's
 own log (``--log-every-n-steps 1``, its "Batch (t)" per-step time).
 
-Online KD = clip + fd + crd + icl (the CLIP-KD recipe). open_clip's distillation is its
+Online KD = clip + fd + crd + icl (the CLIP-KD recipe); quick mode also runs it with our teacher alone in
+bf16 (``online_kd_bf16_teacher``). open_clip's distillation is its
 DistillClipLoss (clip + soft cross-entropy to the teacher's logits) with the teacher run on the same
 images. Weights are random: throughput does not depend on them. Writes ``--out`` JSON with keys
 plain, online_kd, cached_kd, open_clip_plain, open_clip_distill (samples/s), cache_bytes_per_sample,
@@ -231,13 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="training steps per run")
     parser.add_argument("--plot", help="PNG bar chart to write")
     parser.add_argument("--work", help="scratch directory (default: a temporary one)")
+    parser.add_argument("--student", help="student preset or open_clip architecture (quick: tiny)")
+    parser.add_argument("--teacher", help="teacher preset or open_clip architecture (quick: tiny-teacher)")
     parser.add_argument("--workers", type=int, help="DataLoader workers of every configuration (quick: 1)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads of the training process (quick "
                         "default: CPU cores minus workers, so loading and compute do not fight over cores; "
                         "GPU default: torch's)")
     args = parser.parse_args(argv)
     settings = dict(GPU if args.gpu else QUICK)
-    settings.update({k: v for k, v in (("repeats", args.repeats), ("steps", args.steps), ("workers", args.workers)) if v})
+    settings.update({k: v for k, v in (("repeats", args.repeats), ("steps", args.steps), ("workers", args.workers),
+                                                  ("student", args.student), ("teacher", args.teacher)) if v})
     threads = args.threads or (max(1, (os.cpu_count() or 1) - settings["workers"]) if settings["device"] == "cpu" else 0)
     if threads:
         torch.set_num_threads(threads)

@@ -71,6 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         distributed.teardown()
     if manifest is not None:
-        log.info("cache complete: %d samples, %d skipped, in %s", manifest["count"], sum(manifest["skipped"].values()),
-                 args.out)
+        log.info("cache complete: %d samples (%d images), %d skipped, in %s", manifest["count"], manifest["images"],
+                 sum(manifest["skipped"].values()), args.out)
     return 0
