@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = dict(GPU if args.gpu else QUICK)
     settings.update({k: v for k, v in (("repeats", args.repeats), ("steps", args.steps), ("workers", args.workers),
-                                                  ("student", args.student), ("teacher", args.teacher)) if v})
+                                                  ("student", args.student), ("teacher", args.teacher)) if v is not None})
     threads = args.threads or (max(1, (os.cpu_count() or 1) - settings["workers"]) if settings["device"] == "cpu" else 0)
     if threads:
         torch.set_num_threads(threads)
