@@ -56,10 +56,13 @@ class CachedTeacherTargets:
                             f"{self.cache.directory} (first: '{first}'): build the cache over this dataset, or "
                             f"set teacher.cache_mode=hybrid to embed them live")
         found = ~missing
-        image = torch.zeros(len(rows), self.cache.dim)
-        text = torch.zeros(len(rows), self.cache.dim)
-        image[found] = self.cache.image_rows(rows[found], view_index[found])
-        text[found] = self.cache.text_rows(rows[found])
+        if missing.any():
+            image = torch.zeros(len(rows), self.cache.dim)
+            text = torch.zeros(len(rows), self.cache.dim)
+            image[found] = self.cache.image_rows(rows[found], view_index[found])
+            text[found] = self.cache.text_rows(rows[found])
+        else:  # the usual case, without the masked copies (this runs on the training process every step)
+            image, text = self.cache.image_rows(rows, view_index), self.cache.text_rows(rows)
         extras = {name: self._extra(extra["values"], rows, found) for name, extra in self.cache.extras.items()}
         if missing.any():
             self._embed_live(batch, missing, image, text, extras)

@@ -87,15 +87,20 @@ class TeacherCache:
     def _gather(self, parts: list[torch.Tensor], rows: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
         # The last shard starting at or before a row holds it (empty shards share their successor's start).
         shard_of = np.searchsorted(self._shard_starts, rows.numpy(), side="right") - 1
+        if len(shard_of) and (shard_of == shard_of[0]).all():  # one shard: no per-shard masks
+            return self._gather_one(parts, int(shard_of[0]), rows, views)
         out = torch.empty(len(rows), self.dim)
         for shard in np.unique(shard_of):
             pick = torch.from_numpy(shard_of == shard)
-            local = rows[pick] - int(self._shard_starts[shard])
-            if views is None:
-                out[pick] = parts[shard][local].float()
-            else:
-                out[pick] = parts[shard][self._image_row_parts[shard][local], views[pick]].float()
+            out[pick] = self._gather_one(parts, int(shard), rows[pick], None if views is None else views[pick])
         return out
+
+    def _gather_one(self, parts: list[torch.Tensor], shard: int, rows: torch.Tensor,
+                    views: torch.Tensor | None) -> torch.Tensor:
+        local = rows - int(self._shard_starts[shard])
+        if views is None:
+            return parts[shard][local].float()
+        return parts[shard][self._image_row_parts[shard][local], views].float()
 
     @cached_property
     def image(self) -> torch.Tensor:
