@@ -26,12 +26,57 @@ class LiveTeacherTargets:
         return self.teacher(images, tokens)
 
 
+class StoredRows:
+    """The worker half of :class:`CachedTeacherTargets`: gathers a batch's stored rows where it is collated.
+
+    Given to the loader as ``batch_extras``, it runs inside the DataLoader workers next to image
+    decoding, so the training process only moves the result to its device. It returns
+    ``{"teacher_stored": {...}}``: ``rows`` (-1 where a key is not in the cache), ``missing`` (bool),
+    ``image``/``text`` ``(B, D)`` float32 re-normalized (zeros where missing) and ``extras``.
+    Picklable cheaply: a :class:`~clipdistill.cache.TeacherCache` pickles as its directory.
+    """
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def __call__(self, batch: dict) -> dict:
+        # As numpy arrays: a worker sends each tensor of a batch through its own shared-memory segment
+        # (≈ 0.3 ms apiece to hand over), small arrays travel inside the pickle.
+        stored = self.gather(batch["key"], batch["view_index"])
+        return {"teacher_stored": {**{k: v.numpy() for k, v in stored.items() if k != "extras"},
+                                   "extras": {k: v.numpy() for k, v in stored["extras"].items()}}}
+
+    def gather(self, keys: list[str], view_index: torch.Tensor) -> dict:
+        rows = self.cache.rows(keys)
+        view_index = view_index.long()
+        missing = (rows < 0) | (view_index < 0)
+        found = ~missing
+        if missing.any():
+            image = torch.zeros(len(rows), self.cache.dim)
+            text = torch.zeros(len(rows), self.cache.dim)
+            image[found] = self.cache.image_rows(rows[found], view_index[found])
+            text[found] = self.cache.text_rows(rows[found])
+        else:  # the usual case, without the masked copies
+            image, text = self.cache.image_rows(rows, view_index), self.cache.text_rows(rows)
+        # Stored values (fp16 by default) are re-normalized in float32, as the live teacher's are.
+        extras = {name: _extra(extra["values"], rows, found) for name, extra in self.cache.extras.items()}
+        return {"rows": rows, "missing": missing, "image": F.normalize(image, dim=-1),
+                "text": F.normalize(text, dim=-1), "extras": extras}
+
+
+def _extra(values: torch.Tensor, rows: torch.Tensor, found: torch.Tensor) -> torch.Tensor:
+    out = torch.full((len(rows), *values.shape[1:]), -1, dtype=values.dtype)
+    out[found] = values[rows[found]]
+    return out
+
+
 class CachedTeacherTargets:
     """Read the teacher's embeddings of the batch's views from a teacher cache.
 
     The loader replayed a stored view for each sample (``batch["view_index"]``), so the cached image
-    embedding is the teacher's embedding of exactly the crop the student sees. Stored values
-    (fp16 by default) are re-normalized in float32, as the live teacher's are.
+    embedding is the teacher's embedding of exactly the crop the student sees. The rows are gathered
+    by :class:`StoredRows`, in the DataLoader workers when the loader was given it (``batch_extras``:
+    ``batch["teacher_stored"]``), else here.
 
     Args:
         cache: a :class:`clipdistill.cache.TeacherCache` (``rows(keys)``, ``image_rows``, ``text_rows``,
@@ -45,42 +90,27 @@ class CachedTeacherTargets:
         self.cache = cache
         self.device = device
         self.live = live
+        self.stored_rows = StoredRows(cache)
 
     def __call__(self, batch: dict) -> Embeddings:
-        rows = self.cache.rows(batch["key"])
-        view_index = batch["view_index"].long()
-        missing = (rows < 0) | (view_index < 0)
-        if missing.any() and self.live is None:
-            first = batch["key"][int(missing.nonzero()[0])]
-            raise UserError(f"{int(missing.sum())} samples of this batch are not in the teacher cache "
-                            f"{self.cache.directory} (first: '{first}'): build the cache over this dataset, or "
-                            f"set teacher.cache_mode=hybrid to embed them live")
-        found = ~missing
+        stored = batch.get("teacher_stored") or self.stored_rows.gather(batch["key"], batch["view_index"])
+        missing, image, text = (torch.as_tensor(stored[k]) for k in ("missing", "image", "text"))
+        extras = {k: torch.as_tensor(v) for k, v in stored["extras"].items()}
         if missing.any():
-            image = torch.zeros(len(rows), self.cache.dim)
-            text = torch.zeros(len(rows), self.cache.dim)
-            image[found] = self.cache.image_rows(rows[found], view_index[found])
-            text[found] = self.cache.text_rows(rows[found])
-        else:  # the usual case, without the masked copies (this runs on the training process every step)
-            image, text = self.cache.image_rows(rows, view_index), self.cache.text_rows(rows)
-        extras = {name: self._extra(extra["values"], rows, found) for name, extra in self.cache.extras.items()}
-        if missing.any():
+            if self.live is None:
+                first = batch["key"][int(missing.nonzero()[0])]
+                raise UserError(f"{int(missing.sum())} samples of this batch are not in the teacher cache "
+                                f"{self.cache.directory} (first: '{first}'): build the cache over this dataset, or "
+                                f"set teacher.cache_mode=hybrid to embed them live")
             self._embed_live(batch, missing, image, text, extras)
-        return Embeddings(image=F.normalize(image, dim=-1).to(self.device),
-                          text=F.normalize(text, dim=-1).to(self.device),
+        return Embeddings(image=image.to(self.device), text=text.to(self.device),
                           logit_scale=self.cache.logit_scale.to(self.device), normalized=True,
                           extras={k: v.to(self.device) for k, v in extras.items()})
-
-    @staticmethod
-    def _extra(values: torch.Tensor, rows: torch.Tensor, found: torch.Tensor) -> torch.Tensor:
-        out = torch.full((len(rows), *values.shape[1:]), -1, dtype=values.dtype)
-        out[found] = values[rows[found]]
-        return out
 
     def _embed_live(self, batch: dict, missing: torch.Tensor, image, text, extras) -> None:
         live = self.live({"teacher_image": batch["teacher_image"][missing],
                           "teacher_text": batch["teacher_text"][missing]})
-        image[missing], text[missing] = live.image.cpu(), live.text.cpu()
+        image[missing], text[missing] = live.image.cpu(), live.text.cpu()  # normalized by the teacher
         # A live row's pseudo-label: its nearest stored centroid (what CID clustering assigns), if any.
         for name, extra in self.cache.extras.items():
             if "centroids" in extra:

@@ -182,3 +182,35 @@ def test_cid_cluster_reads_its_centroids_from_the_caches_cluster_extra(tmp_path,
                     teacher_dim=teacher.embed_dim)
     assert torch.allclose(load_centroids(tmp_path), F.normalize(centroids, dim=-1))
     assert torch.allclose(loss.label_centroids, F.normalize(centroids, dim=-1))
+
+
+def test_stored_rows_are_gathered_in_the_loader_workers_and_used_as_they_come(cache_dir, dataset, student,
+                                                                                teacher):
+    cache = TeacherCache(cache_dir)
+    targets = CachedTeacherTargets(cache, torch.device("cpu"))
+    specs = {"student_image": student.image_spec}
+    batches = train_batches(dataset, transform=PairedTransform(specs), tokenizers={"student_text": student.tokenizer},
+                            batch_size=10, seed=5, views=cache.views(), workers=2, batch_extras=targets.stored_rows)
+    batch = next(batches)
+    stored = {k: torch.as_tensor(v) for k, v in batch["teacher_stored"].items() if k != "extras"}  # from a worker
+    expected = targets.stored_rows.gather(batch["key"], batch["view_index"])
+    assert torch.equal(stored["rows"], expected["rows"]) and not stored["missing"].any()
+    assert torch.equal(stored["image"], expected["image"]) and torch.equal(stored["text"], expected["text"])
+
+    def no_gathering_here(*args):
+        raise AssertionError("the training process gathered rows the workers had gathered")
+
+    targets.stored_rows.gather = no_gathering_here
+    from_workers = targets(batch)
+    assert torch.equal(from_workers.image, expected["image"]) and torch.equal(from_workers.text, expected["text"])
+
+
+def test_a_cache_pickles_as_its_directory_not_its_embeddings(cache_dir):
+    import pickle
+
+    cache = TeacherCache(cache_dir)
+    data = pickle.dumps(cache)
+    assert len(data) < 1000 < cache.image.numel()  # the 20 x 2 x 96 embeddings are not in it
+    again = pickle.loads(data)
+    rows, views = torch.arange(len(cache)), torch.zeros(len(cache), dtype=torch.long)
+    assert torch.equal(again.image_rows(rows, views), cache.image_rows(rows, views))

@@ -76,6 +76,11 @@ class TeacherCache:
                             f"{len(self.index)}; rebuild it")
         self.extras = extras_lib.read_extras(self.directory, self.manifest)
 
+    def __reduce__(self):
+        # Pickled (to a spawned DataLoader worker) as its directory and reopened there: the maps are
+        # shared through the page cache, not copied into the pickle.
+        return TeacherCache, (str(self.directory),)
+
     def image_rows(self, rows: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         """float32 ``(B, D)``: the stored image embedding of view ``views[i]`` of row ``rows[i]``."""
         return self._gather(self._image_parts, rows, views)

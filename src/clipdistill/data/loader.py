@@ -64,7 +64,8 @@ def build_dataset(kind: str, *, path: str = "", num_samples: int = 0, seed: int 
 
 def train_batches(dataset, *, transform, tokenizers: dict[str, Callable], batch_size: int, seed: int, rank: int = 0,
                   world_size: int = 1, workers: int = 0, start_step: int = 0, keep=None,
-                  subset: int | None = None, views=None) -> Iterator[dict]:
+                  subset: int | None = None, views=None, batch_extras: Callable[[dict], dict] | None = None
+                  ) -> Iterator[dict]:
     """Endless training batches for this rank, starting at global step ``start_step``.
 
     Each batch: one tensor per image spec of ``transform`` (``student_image``, ``teacher_image``;
@@ -79,6 +80,10 @@ def train_batches(dataset, *, transform, tokenizers: dict[str, Callable], batch_
     ``views`` (a teacher cache's ``CachedViews``: key -> stored views or None) makes every sample replay
     one of its stored views, chosen from ``(seed, epoch, sample)``, instead of sampling a new one; the
     batch then also has ``view_index`` ``(B,)`` (which stored view; -1 where the key had none).
+
+    ``batch_extras`` (batch -> dict of more entries) runs on each collated batch where it is collated,
+    in the DataLoader workers: e.g. :class:`clipdistill.targets.StoredRows` gathers a teacher cache's rows
+    there, off the training process. It must pickle cheaply (workers may be spawned).
     """
     if batch_size <= 0:
         raise UserError(f"batch size must be positive, got {batch_size}")
@@ -87,7 +92,7 @@ def train_batches(dataset, *, transform, tokenizers: dict[str, Callable], batch_
     if views is not None:
         transform = ViewReplay(transform, views)
     common = dict(transform=transform, tokenizers=dict(tokenizers), batch_size=batch_size, seed=seed, rank=rank,
-                  world_size=world_size, workers=workers, start_step=start_step)
+                  world_size=world_size, workers=workers, start_step=start_step, batch_extras=batch_extras)
     if isinstance(dataset, ShardPairs):
         if subset:
             raise UserError("a training subset needs a map-style dataset (synthetic, csv), not shards")
@@ -130,7 +135,8 @@ def _prepare(sample: dict, transform, *, seed: int, epoch: int, sample_id: int, 
     return {"views": views, "caption": sample["caption"], "key": sample["key"], "index": index, "epoch": epoch}
 
 
-def _collate(prepared: list[dict], tokenizers: dict[str, Callable], bad: Counter) -> dict:
+def _collate(prepared: list[dict], tokenizers: dict[str, Callable], bad: Counter,
+             batch_extras: Callable[[dict], dict] | None = None) -> dict:
     """Stack views, tokenize captions (this runs inside DataLoader workers), attach bookkeeping.
 
     Names that share a tensor (teacher and student with one ImageSpec) or a tokenizer (the loop hands
@@ -151,6 +157,8 @@ def _collate(prepared: list[dict], tokenizers: dict[str, Callable], bad: Counter
     batch.update(caption=captions, key=[p["key"] for p in prepared],
                  index=torch.tensor([p["index"] for p in prepared], dtype=torch.long),
                  bad=dict(bad), epoch=prepared[-1]["epoch"])
+    if batch_extras is not None:
+        batch.update(batch_extras(batch))
     return batch
 
 
@@ -263,19 +271,19 @@ class _SlotReader(Dataset):
 
 
 class _MapCollate:
-    def __init__(self, tokenizers: dict[str, Callable]):
-        self.tokenizers = tokenizers
+    def __init__(self, tokenizers: dict[str, Callable], batch_extras: Callable[[dict], dict] | None = None):
+        self.tokenizers, self.batch_extras = tokenizers, batch_extras
 
     def __call__(self, slots: list[dict]) -> dict:
         fatal = next((s["fatal"] for s in slots if "fatal" in s), None)
         if fatal:
             return {"fatal": fatal}
         bad = sum((s["bad"] for s in slots), Counter())
-        return _collate([s["prepared"] for s in slots], self.tokenizers, bad)
+        return _collate([s["prepared"] for s in slots], self.tokenizers, bad, self.batch_extras)
 
 
 def _map_loader(dataset, *, transform, tokenizers, batch_size, seed, rank, world_size, workers, start_step,
-                subset, keep=None) -> DataLoader:
+                subset, keep=None, batch_extras=None) -> DataLoader:
     size = len(dataset)
     if subset is not None and subset > size:
         raise UserError(f"subset of {subset} samples is larger than {dataset!r} ({size} samples)")
@@ -283,7 +291,7 @@ def _map_loader(dataset, *, transform, tokenizers, batch_size, seed, rank, world
     plan = _BatchPlan(subset or size if rows is None else len(rows), batch_size=batch_size, seed=seed, rank=rank,
                       world_size=world_size, start_step=start_step, rows=rows)
     return _data_loader(_SlotReader(dataset, transform, seed), batch_sampler=plan,
-                        collate_fn=_MapCollate(tokenizers), workers=workers, seed=seed)
+                        collate_fn=_MapCollate(tokenizers, batch_extras), workers=workers, seed=seed)
 
 
 def _kept_rows(keep, size: int, limit: int, name: str) -> np.ndarray | None:
@@ -311,8 +319,8 @@ class _ShardBatches(IterableDataset):
     """Inside each DataLoader worker: this reader's share of the shards, bad samples skipped, batched."""
 
     def __init__(self, shards: ShardPairs, *, transform, tokenizers, batch_size: int, seed: int, rank: int,
-                 world_size: int):
-        self.shards, self.transform, self.tokenizers = shards, transform, tokenizers
+                 world_size: int, batch_extras=None):
+        self.shards, self.transform, self.tokenizers, self.batch_extras = shards, transform, tokenizers, batch_extras
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
 
     def __iter__(self) -> Iterator[dict]:
@@ -338,18 +346,18 @@ class _ShardBatches(IterableDataset):
             prepared.append(_prepare(item, self.transform, seed=self.seed, epoch=item["epoch"],
                                      sample_id=zlib.crc32(item["key"].encode()), index=-1))
             if len(prepared) == self.batch_size:
-                yield _collate(prepared, self.tokenizers, bad)
+                yield _collate(prepared, self.tokenizers, bad, self.batch_extras)
                 prepared, bad = [], Counter()
 
 
 def _shard_loader(shards: ShardPairs, *, transform, tokenizers, batch_size, seed, rank, world_size, workers,
-                  start_step) -> DataLoader:
+                  start_step, batch_extras=None) -> DataLoader:
     """Shards cannot be skipped into without reading them, so resume is not sample-exact: a run
     resumed at step k > 0 streams with a seed derived from (seed, k), which keeps it from replaying
     the samples the run began with (as open_clip does for resampled shards)."""
     stream_seed = seed if start_step == 0 else _mix(seed, start_step)
     batches = _ShardBatches(shards, transform=transform, tokenizers=tokenizers, batch_size=batch_size,
-                            seed=stream_seed, rank=rank, world_size=world_size)
+                            seed=stream_seed, rank=rank, world_size=world_size, batch_extras=batch_extras)
     return _data_loader(batches, batch_size=None, collate_fn=_as_is, workers=workers, seed=seed)
 
 

@@ -114,7 +114,8 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
                             tokenizers=tokenizers, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                             rank=ctx.rank, world_size=ctx.world_size, workers=cfg.data.workers,
                             start_step=start_step, subset=cfg.data.subset or None, keep=cfg.data.keep or None,
-                            views=cached.cache.views() if cached else None)
+                            views=cached.cache.views() if cached else None,
+                            batch_extras=targets.stored_rows if cached else None)
 
     evaluator = Evaluator(retrieval=cfg.eval.retrieval, zero_shot=cfg.eval.zero_shot, num_images=cfg.eval.num_images,
                           seed=cfg.data.seed, batch_size=cfg.eval.batch_size, linear_probe=cfg.eval.linear_probe,
