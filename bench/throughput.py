@@ -216,6 +216,7 @@ def plot(result: dict, path: Path, title: str) -> None:
     colors = ["#4c72b0", "#dd8452", "#55a868", "#8c8c8c", "#b0b0b0", "#c44e52"]
     bars = ax.bar(names, [result[name] for name in names], color=colors[:len(names)])
     ax.bar_label(bars, fmt="%.0f")
+    ax.set_ylim(top=1.12 * max(bar.get_height() for bar in bars))  # room for the labels
     ax.set_ylabel("samples/s")
     ax.set_title(title, fontsize=9)
     ax.tick_params(axis="x", labelsize=7, rotation=15)
