@@ -43,8 +43,8 @@ class StoredRows:
         # As numpy arrays: a worker sends each tensor of a batch through its own shared-memory segment
         # (≈ 0.3 ms apiece to hand over), small arrays travel inside the pickle.
         stored = self.gather(batch["key"], batch["view_index"])
-        return {"teacher_stored": {**{k: v.numpy() for k, v in stored.items() if k != "extras"},
-                                   "extras": {k: v.numpy() for k, v in stored["extras"].items()}}}
+        return {"teacher_stored": {**{k: _small(v) for k, v in stored.items() if k != "extras"},
+                                   "extras": {k: _small(v) for k, v in stored["extras"].items()}}}
 
     def gather(self, keys: list[str], view_index: torch.Tensor) -> dict:
         rows = self.cache.rows(keys)
@@ -62,6 +62,10 @@ class StoredRows:
         extras = {name: _extra(extra["values"], rows, found) for name, extra in self.cache.extras.items()}
         return {"rows": rows, "missing": missing, "image": F.normalize(image, dim=-1),
                 "text": F.normalize(text, dim=-1), "extras": extras}
+
+
+def _small(tensor: torch.Tensor):
+    return tensor if tensor.dtype == torch.bfloat16 else tensor.numpy()  # numpy has no bfloat16
 
 
 def _extra(values: torch.Tensor, rows: torch.Tensor, found: torch.Tensor) -> torch.Tensor:

@@ -214,3 +214,21 @@ def test_a_cache_pickles_as_its_directory_not_its_embeddings(cache_dir):
     again = pickle.loads(data)
     rows, views = torch.arange(len(cache)), torch.zeros(len(cache), dtype=torch.long)
     assert torch.equal(again.image_rows(rows, views), cache.image_rows(rows, views))
+
+
+def test_extras_of_any_dtype_come_through_the_loader_workers(tmp_path, cache_dir, dataset, student, teacher):
+    for f in cache_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    soft = torch.randn(NUM_SAMPLES, 3).to(torch.bfloat16)  # numpy has no bfloat16: it must stay a tensor
+    write_extra(tmp_path, "soft", soft, "bf16 soft labels")
+    write_extra(tmp_path, "cluster", torch.arange(NUM_SAMPLES) % 4, "labels")
+    cache = TeacherCache(tmp_path)
+    targets = CachedTeacherTargets(cache, torch.device("cpu"))
+    batches = train_batches(dataset, transform=PairedTransform({"student_image": student.image_spec}),
+                            tokenizers={"student_text": student.tokenizer}, batch_size=10, seed=5,
+                            views=cache.views(), workers=2, batch_extras=targets.stored_rows)
+    batch = next(batches)
+    rows = cache.rows(batch["key"])
+    extras = targets(batch).extras
+    assert extras["soft"].dtype == torch.bfloat16 and torch.equal(extras["soft"], soft[rows])
+    assert torch.equal(extras["cluster"], (torch.arange(NUM_SAMPLES) % 4)[rows])
