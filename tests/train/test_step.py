@@ -1,8 +1,10 @@
 """One optimization step: learnable loss parts are optimized, clipped, and NaNs stop the run."""
+import copy
+
 import pytest
 import torch
 
-from clipdistill.train.optim import build_optimizer, warmup_cosine
+from clipdistill.train.optim import build_optimizer, load_optimizer_state, warmup_cosine
 from clipdistill.train.step import NonFiniteLoss, train_step
 from toys import CASES, make_inputs, make_model
 
@@ -67,6 +69,45 @@ def test_fused_adamw_matches_the_per_parameter_loop():
         torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=name)
     moved = max((p - initial[n]).abs().max().item() for n, p in model.named_parameters())
     assert moved > 1e-2  # the weights did move: the comparison is not of two untouched models
+
+
+def _steps(model, optimizer, count):
+    images, tokens, teacher = make_inputs()
+    for _ in range(count):
+        optimizer.zero_grad()
+        model(images, tokens, teacher)[0].backward()
+        optimizer.step()
+
+
+def test_resuming_a_per_parameter_loop_checkpoint_keeps_the_fused_kernel():
+    # A checkpoint written before build_optimizer chose the fused kernel carries fused=None in its groups.
+    old_model, model = make_model(CASES["clipkd"]), make_model(CASES["clipkd"])
+    old = build_optimizer(old_model, lr=0.01, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6)
+    for group in old.param_groups:
+        group["fused"], group["foreach"] = None, False
+    _steps(old_model, old, 3)
+    model.load_state_dict(old_model.state_dict())
+    optimizer = build_optimizer(model, lr=0.01, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6)
+    load_optimizer_state(optimizer, copy.deepcopy(old.state_dict()))  # as from disk: no shared moments
+    assert all(group["fused"] for group in optimizer.param_groups)
+    assert all(s["step"].item() == 3 for s in optimizer.state.values())
+    _steps(old_model, old, 2)
+    _steps(model, optimizer, 2)  # the resumed run continues where the old one would have
+    for (name, p), q in zip(model.named_parameters(), old_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=name)
+
+
+def test_without_a_fused_kernel_the_per_parameter_loop_is_used(monkeypatch):
+    real = torch.optim.AdamW
+
+    def old_torch(*args, fused=None, **kwargs):  # torch < 2.4 on CPU
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be CUDA, floating point Tensors")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", old_torch)
+    optimizer = build_optimizer(make_model({"clip": {}}), lr=0.1, weight_decay=0.0, betas=(0.9, 0.98), eps=1e-6)
+    assert not any(group["fused"] for group in optimizer.param_groups)
 
 
 def test_non_finite_loss_names_step_and_term():

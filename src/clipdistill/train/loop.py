@@ -31,7 +31,7 @@ from clipdistill.train import checkpoint
 from clipdistill.train.bad_data import BadDataTally
 from clipdistill.train.evaluation import Evaluator
 from clipdistill.train.metrics_log import MetricsLog
-from clipdistill.train.optim import build_optimizer, warmup_cosine
+from clipdistill.train.optim import build_optimizer, load_optimizer_state, warmup_cosine
 from clipdistill.train.step import Distiller, NonFiniteLoss, NonFiniteSkips, train_step
 
 log = logging.getLogger("clipdistill.train")
@@ -87,7 +87,7 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
         resume_from, state = resumed
         distiller.student.load_state_dict(state["student"])
         distiller.objective.load_state_dict(state["objective"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         # The saved counts are the run's totals over ranks: every rank restores them, then adds its own.

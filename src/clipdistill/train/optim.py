@@ -26,8 +26,30 @@ def build_optimizer(module: nn.Module, *, lr: float, weight_decay: float, betas:
         {"params": [p for n, p in named if _decays(n, p)], "weight_decay": weight_decay},
         {"params": [p for n, p in named if not _decays(n, p)], "weight_decay": 0.0},
     ]
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for _, p in named) or None
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
+    if all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for _, p in named):
+        try:
+            return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
+        except RuntimeError:  # torch < 2.4 has no fused AdamW on CPU
+            pass
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a checkpoint's optimizer state but keep the kernel choice made for this run.
+
+    ``load_state_dict`` takes every group setting from the checkpoint, ``fused`` and ``foreach``
+    included: a checkpoint from an older version, or from a machine with other kernels, would
+    otherwise switch this run to its implementation.
+    """
+    kernels = [{k: group.get(k) for k in ("fused", "foreach")} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, chosen in zip(optimizer.param_groups, kernels):
+        group.update(chosen)
+        if group["fused"]:  # the fused kernel keeps its step counts as float32 on the parameters' device
+            for param in group["params"]:
+                state = optimizer.state.get(param, {})
+                if "step" in state:
+                    state["step"] = state["step"].to(device=param.device, dtype=torch.float32)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
