@@ -33,13 +33,14 @@ class _CountingTeacher:
     """Counts the images the teacher embeds (each view of each image is one)."""
 
     def __init__(self, teacher):
-        self.teacher, self.images = teacher, 0
+        self.teacher, self.images, self.batches = teacher, 0, []
 
     def __getattr__(self, name):
         return getattr(self.teacher, name)
 
     def encode_image(self, pixels):
         self.images += len(pixels)
+        self.batches.append(len(pixels) // VIEWS)
         return self.teacher.encode_image(pixels)
 
 
@@ -147,3 +148,11 @@ def test_a_format_1_cache_one_image_entry_per_row_is_still_read(tmp_path, shared
     rows, views = torch.arange(9), torch.tensor([0, 1] * 4 + [0])
     assert torch.equal(v1.image_rows(rows, views), shared.image_rows(rows, views))
     assert torch.equal(v1.image, shared.image)
+
+
+def test_image_batches_fill_up_with_images_not_with_caption_rows(tmp_path, captions, teacher):
+    # batch_size 2: shard 0 embeds images a, b then c; shard 1 embeds b, d ("gone" is unreadable).
+    # Flushed with the caption rows instead, shard 0 would send a, b and c one by one.
+    counting = _CountingTeacher(teacher)
+    _write(tmp_path, captions, counting)
+    assert counting.batches == [2, 1, 2]

@@ -126,14 +126,20 @@ class _UnitBuffer:
             image_row = self.image_row_of[image_id]
         self.pending_rows.append({"key": item["key"], "index": item["index"], "caption": item["caption"],
                                   "image_row": image_row})
-        if len(self.pending_rows) == self.batch_size or len(self.pending_pixels) == self.batch_size:
-            self.flush()
+        # Images and captions fill their teacher batches apart: with 5 captions per image an image
+        # batch would otherwise hold batch_size / 5 images.
+        if len(self.pending_pixels) == self.batch_size:
+            self.flush_images()
+        if len(self.pending_rows) == self.batch_size:
+            self.flush_rows()
 
-    def flush(self) -> None:
+    def flush_images(self) -> None:
         if self.pending_pixels:
             pixels, self.pending_pixels = torch.stack(self.pending_pixels), []  # (b, V, 3, S, S)
             image = self.teacher.encode_image(pixels.flatten(0, 1)).reshape(len(pixels), pixels.shape[1], -1)
             self.parts["image"].append(image.cpu().to(self.dtype))
+
+    def flush_rows(self) -> None:
         if self.pending_rows:
             rows, self.pending_rows = self.pending_rows, []
             text = self.teacher.encode_text(self.teacher.tokenizer([r["caption"] for r in rows]))
@@ -145,7 +151,8 @@ class _UnitBuffer:
             self.keys += [r["key"] for r in rows]
 
     def tensors(self, dim: int, views: int) -> dict[str, torch.Tensor]:
-        self.flush()
+        self.flush_images()
+        self.flush_rows()
         empty = {"image": torch.zeros(0, views, dim, dtype=self.dtype), "text": torch.zeros(0, dim, dtype=self.dtype),
                  "view": torch.zeros(0, views, 5, dtype=torch.int32), "index": torch.zeros(0, dtype=torch.int64),
                  "image_row": torch.zeros(0, dtype=torch.int64)}
