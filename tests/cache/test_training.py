@@ -1,4 +1,5 @@
 """Training from a cache: replayed views, cached targets equal live ones, refusals, hybrid mode, extras."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,10 @@ from clipdistill.models import build_student
 from clipdistill.targets import CachedTeacherTargets, LiveTeacherTargets
 
 from cache_helpers import NUM_SAMPLES
+
+
+def cache_keys(cache):
+    return [str(k) for k in cache.index.sorted_keys[np.argsort(cache.index.sorted_rows)]]
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +219,22 @@ def test_a_cache_pickles_as_its_directory_not_its_embeddings(cache_dir):
     again = pickle.loads(data)
     rows, views = torch.arange(len(cache)), torch.zeros(len(cache), dtype=torch.long)
     assert torch.equal(again.image_rows(rows, views), cache.image_rows(rows, views))
+
+
+def test_a_worker_reopens_one_cache_for_its_views_and_its_stored_rows(tmp_path, cache_dir):
+    import pickle
+
+    for f in cache_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    cache = TeacherCache(tmp_path)
+    targets = CachedTeacherTargets(cache, torch.device("cpu"))
+    # A spawned worker unpickles the dataset (holding the views) and the batch extras apart.
+    views, stored_rows = pickle.loads(pickle.dumps(cache.views())), pickle.loads(pickle.dumps(targets.stored_rows))
+    assert views.cache is stored_rows.cache and views.cache is not cache
+    assert torch.equal(views.get(cache_keys(cache)[3]), cache.view[3])
+    write_extra(tmp_path, "cluster", torch.arange(NUM_SAMPLES) % 4)  # a new manifest: opened anew, with it
+    again = pickle.loads(pickle.dumps(cache))
+    assert again is not views.cache and "cluster" in again.extras
 
 
 def test_extras_of_any_dtype_come_through_the_loader_workers(tmp_path, cache_dir, dataset, student, teacher):

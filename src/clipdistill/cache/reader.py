@@ -20,7 +20,7 @@ import torch
 
 from clipdistill.cache import extras as extras_lib
 from clipdistill.cache.index import KeyIndex
-from clipdistill.cache.manifest import read_manifest
+from clipdistill.cache.manifest import MANIFEST, read_manifest
 from clipdistill.cache.storage import read_shard, shard_path
 from clipdistill.errors import UserError
 
@@ -28,15 +28,17 @@ from clipdistill.errors import UserError
 class CachedViews:
     """Sample key -> its stored views ``(V, 5)`` (int32 tensor), or None for a key not in the cache.
 
-    Small (20 bytes per view) and picklable: this is what DataLoader workers get, not the embeddings.
+    What the DataLoader workers' datasets hold. It pickles as its cache, i.e. as the cache's directory
+    (see :meth:`TeacherCache.__reduce__`), so a spawned worker shares one reopened cache, its key index
+    and view table, with the worker's :class:`~clipdistill.targets.StoredRows`.
     """
 
-    def __init__(self, index: KeyIndex, views: np.ndarray):
-        self.index, self.views = index, views
+    def __init__(self, cache: "TeacherCache"):
+        self.cache = cache
 
     def get(self, key: str) -> torch.Tensor | None:
-        row = self.index.row(key)
-        return None if row < 0 else torch.from_numpy(self.views[row])
+        row = self.cache.index.row(key)
+        return None if row < 0 else self.cache.view[row]
 
 
 class TeacherCache:
@@ -79,7 +81,7 @@ class TeacherCache:
     def __reduce__(self):
         # Pickled (to a spawned DataLoader worker) as its directory and reopened there: the maps are
         # shared through the page cache, not copied into the pickle.
-        return TeacherCache, (str(self.directory),)
+        return _reopen, (str(self.directory),)
 
     def image_rows(self, rows: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         """float32 ``(B, D)``: the stored image embedding of view ``views[i]`` of row ``rows[i]``."""
@@ -144,4 +146,20 @@ class TeacherCache:
         return torch.from_numpy(self.index.rows(list(keys)))
 
     def views(self) -> CachedViews:
-        return CachedViews(self.index, self.view.numpy())
+        return CachedViews(self)
+
+
+_REOPENED: dict[tuple, TeacherCache] = {}
+
+
+def _reopen(directory: str) -> TeacherCache:
+    """One TeacherCache per directory and manifest version in this process, however many pickles name it.
+
+    A spawned worker unpickles its dataset's views and the targets' stored rows apart; without this it
+    would hold the key index and view table twice. A rewritten manifest (a new extra) opens anew.
+    """
+    stat = (Path(directory) / MANIFEST).stat()
+    key = (directory, stat.st_ino, stat.st_mtime_ns)
+    if key not in _REOPENED:
+        _REOPENED[key] = TeacherCache(directory)
+    return _REOPENED[key]
