@@ -140,6 +140,9 @@ def run_open_clip(s: dict, csv: Path, logs: Path, name: str, teacher_file: Path 
     shutil.rmtree(logs / name, ignore_errors=True)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    # open_clip_train's setup_logging sets every logger that exists to INFO (torch's print their
+    # compile statistics at exit then): put each back.
+    levels = {logger: logging.getLogger(logger).level for logger in list(logging.root.manager.loggerDict)}
     try:
         if open_clip_main(argv) == -1:
             raise RuntimeError(f"open_clip_train refused to run: {argv}")
@@ -147,6 +150,8 @@ def run_open_clip(s: dict, csv: Path, logs: Path, name: str, teacher_file: Path 
         for handler in root.handlers[len(handlers):]:  # it adds a file and a stream handler per call
             root.removeHandler(handler)
         root.setLevel(level)
+        for logger in list(logging.root.manager.loggerDict):
+            logging.getLogger(logger).setLevel(levels.get(logger, logging.NOTSET))
     text = (logs / name / "out.log").read_text()
     return steady_rate([float(t) for t in _BATCH_TIME.findall(text)], s["batch"], s["warmup"])
 
@@ -244,7 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     settings = dict(GPU if args.gpu else QUICK)
     settings.update({k: v for k, v in (("repeats", args.repeats), ("steps", args.steps), ("workers", args.workers),
                                                   ("student", args.student), ("teacher", args.teacher)) if v is not None})
-    threads = args.threads or (max(1, (os.cpu_count() or 1) - settings["workers"]) if settings["device"] == "cpu" else 0)
+    if settings["repeats"] < 1 or settings["workers"] < 0 or (args.threads is not None and args.threads < 1):
+        parser.error("--repeats and --threads must be at least 1, --workers at least 0")
+    if settings["steps"] <= settings["warmup"]:
+        parser.error(f"--steps must exceed the {settings['warmup']} warm-up steps that are not timed")
+    threads = args.threads
+    if threads is None and settings["device"] == "cpu":
+        threads = max(1, (os.cpu_count() or 1) - settings["workers"])
     if threads:
         torch.set_num_threads(threads)
     if settings["device"] == "cuda" and not torch.cuda.is_available():
@@ -263,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot(result, Path(args.plot), f"{settings['student']} student, {settings['teacher']} teacher, batch "
                                       f"{settings['batch']}, {settings['device']}")
-    print(json.dumps({k: result[k] for k in (*NAMES, "cache_bytes_per_sample", "ratios", "ratios_best", "seconds")
+    print(json.dumps({k: result[k] for k in (*NAMES, BF16_TEACHER, "cache_bytes_per_sample", "ratios", "ratios_best",
+                                             "seconds")
                       if k in result},
                      indent=2))
     return 0
