@@ -48,3 +48,33 @@ def test_empty_index_finds_nothing(tmp_path):
     write_index(tmp_path, [[]])
     assert KeyIndex.load(tmp_path).rows(["a"]).tolist() == [-1]
     assert np.load(tmp_path / "index.npz", allow_pickle=False)["keys"].size == 0
+
+
+def test_the_index_is_memory_mapped_and_older_or_compressed_ones_still_read(tmp_path):
+    write_index(tmp_path, [["k2", "k0"], ["k1"]])
+    index = KeyIndex.load(tmp_path)
+    assert isinstance(index.sorted_keys, np.memmap) and isinstance(index.sorted_rows, np.memmap)
+    assert index.rows(["k1", "k0", "x"]).tolist() == [2, 1, -1]
+    keys, rows = index.sorted_keys.copy(), index.sorted_rows.copy()
+    del index
+    for save in (np.savez_compressed, np.savez):  # not mappable, or unaligned (older caches): read instead
+        save(tmp_path / "index.npz", keys=keys, rows=rows)
+        assert KeyIndex.load(tmp_path).rows(["k1", "k0", "x"]).tolist() == [2, 1, -1]
+
+
+def test_loading_a_large_index_takes_no_private_memory(tmp_path):
+    keys = [f"row{i:09d}" for i in range(1_000_000)]  # 48 MB of keys and 8 MB of rows
+    write_index(tmp_path, [keys[::2], keys[1::2]])
+    del keys
+    before = _private_bytes()
+    index = KeyIndex.load(tmp_path)
+    assert index.rows(["row000000003", "row000999998"]).tolist() == [500_001, 499_999]
+    # Mapped file pages are the page cache's, one copy for every process; np.load would add 56 MB here.
+    assert _private_bytes() - before < 4 * 2**20
+
+
+def _private_bytes() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
