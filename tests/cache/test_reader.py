@@ -17,7 +17,8 @@ def _write_cache(directory, shard_sizes, dim=DIM, seed=0):
         image = torch.randn(size, VIEWS, dim, generator=generator).half()
         text = torch.randn(size, dim, generator=generator).half()
         shard_keys = [f"k{start + i}" for i in range(size)]
-        tensors = {"image": image, "text": text, "view": torch.zeros(size, VIEWS, 5, dtype=torch.int32),
+        view = torch.arange(start * VIEWS * 5, (start + size) * VIEWS * 5, dtype=torch.int32).reshape(size, VIEWS, 5)
+        tensors = {"image": image, "text": text, "view": view,
                    "index": torch.arange(start, start + size)}
         write_shard(shard_path(directory, number, "safetensors"), tensors, {"keys": shard_keys}, "safetensors")
         images.append(image), texts.append(text), keys.append(shard_keys)
@@ -39,6 +40,18 @@ def test_rows_are_gathered_across_shards_including_empty_ones(tmp_path):
     assert torch.equal(cache.text_rows(rows), text[rows].float())
     assert torch.equal(cache.image, image) and torch.equal(cache.image_view(1), image[:, 1])
     assert torch.equal(cache.rows(["k9", "k0", "nope"]), torch.tensor([9, 0, -1]))
+
+
+def test_stored_views_are_read_per_row_from_the_shards(tmp_path):
+    _write_cache(tmp_path, [3, 0, 4, 2])
+    cache = TeacherCache(tmp_path)
+    views = cache.views()
+    for row in range(9):
+        expected = torch.arange(row * VIEWS * 5, (row + 1) * VIEWS * 5, dtype=torch.int32).reshape(VIEWS, 5)
+        assert torch.equal(views.get(f"k{row}"), expected)
+    assert views.get("nope") is None
+    assert "view" not in vars(cache)  # no (N, V, 5) table was built for the lookups
+    assert torch.equal(cache.view[7], cache.stored_views(7))
 
 
 def _rss_bytes() -> int:

@@ -1,11 +1,11 @@
 """Reading a teacher cache: embeddings by sample key, and the stored views for the training loader.
 
-:class:`TeacherCache` keeps the embeddings of each safetensors shard as safetensors opens them,
-memory-mapped (rows in shard order), and reads only the small per-row tables (views, dataset rows)
-into memory. Training gathers its batch's rows
-from the maps (:meth:`TeacherCache.image_rows`), so opening a cache costs no time and no RAM whatever its
-size, a cache bigger than RAM pages in on demand, and the ranks of one node share one copy in the page
-cache instead of holding one each. ``numpy``-format shards are read into memory.
+:class:`TeacherCache` keeps every tensor of each safetensors shard as safetensors opens it,
+memory-mapped (rows in shard order), and maps the key index too. Training gathers its batch's rows
+and stored views from the maps (:meth:`TeacherCache.image_rows`, :meth:`TeacherCache.stored_views`),
+so opening a cache costs no time and no RAM whatever its size, a cache bigger than RAM pages in on
+demand, and the ranks of one node and their DataLoader workers share one copy in the page cache
+instead of holding one each. ``numpy``-format shards are read into memory.
 
 Rows are samples; a shard's ``image`` tensor may hold fewer entries than it has rows (rows showing
 the same image share one, through ``image_row``). Everything this class hands out is per row.
@@ -38,7 +38,7 @@ class CachedViews:
 
     def get(self, key: str) -> torch.Tensor | None:
         row = self.cache.index.row(key)
-        return None if row < 0 else self.cache.view[row]
+        return None if row < 0 else self.cache.stored_views(row)
 
 
 class TeacherCache:
@@ -46,9 +46,11 @@ class TeacherCache:
 
     Attributes:
         manifest: the parsed ``manifest.json``.
-        view: ``(N, V, 5)`` int32 view parameters; rows in shard order, found by :meth:`rows`.
+        view: ``(N, V, 5)`` int32 view parameters; rows in shard order, found by :meth:`rows`. Read into
+            memory on first use; :meth:`stored_views` reads one row's (what training does).
         dataset_rows: ``(N,)`` int64 dataset position of each row (the shards' ``index`` tensor; -1 for
             WebDataset input, which has no positions): what a keep list of cache rows maps through.
+            Read into memory on first use.
         extras: name -> per-row tensor (e.g. ``"cluster"`` pseudo-labels), see :mod:`clipdistill.cache.extras`.
 
     Embeddings: :meth:`image_rows`/:meth:`text_rows` gather rows (what training does);
@@ -72,7 +74,9 @@ class TeacherCache:
         self._image_row_parts = [p.get("image_row", torch.arange(len(p["text"]))) for p in parts]
         sizes = np.array([len(p["text"]) for p in parts], dtype=np.int64)
         self._shard_starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]) if len(parts) else sizes
-        self.view, self.dataset_rows = (torch.cat([p[name] for p in parts]) for name in ("view", "index"))
+        # Kept per shard, mapped like the embeddings (20 bytes a view, 8 a row: GBs at LAION scale).
+        self._view_parts = [p["view"] for p in parts]
+        self._dataset_row_parts = [p["index"] for p in parts]
         if int(sizes.sum()) != len(self.index):
             raise UserError(f"teacher cache {self.directory}: shards hold {int(sizes.sum())} samples, the index "
                             f"{len(self.index)}; rebuild it")
@@ -90,6 +94,21 @@ class TeacherCache:
     def text_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """float32 ``(B, D)``: the stored caption embedding of each row."""
         return self._gather(self._text_parts, rows, None)
+
+    def stored_views(self, row: int) -> torch.Tensor:
+        """``(V, 5)`` int32: the view parameters stored for ``row``."""
+        shard = int(np.searchsorted(self._shard_starts, row, side="right")) - 1
+        return self._view_parts[shard][row - int(self._shard_starts[shard])]
+
+    @cached_property
+    def view(self) -> torch.Tensor:
+        """``(N, V, 5)`` int32 view parameters of every row, in memory."""
+        return _cat(self._view_parts, torch.zeros(0, self.views_per_sample, 5, dtype=torch.int32))
+
+    @cached_property
+    def dataset_rows(self) -> torch.Tensor:
+        """``(N,)`` int64 dataset position of every row, in memory."""
+        return _cat(self._dataset_row_parts, torch.zeros(0, dtype=torch.int64))
 
     def _gather(self, parts: list[torch.Tensor], rows: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
         # The last shard starting at or before a row holds it (empty shards share their successor's start).
@@ -147,6 +166,10 @@ class TeacherCache:
 
     def views(self) -> CachedViews:
         return CachedViews(self)
+
+
+def _cat(parts: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
+    return torch.cat(parts) if parts else empty
 
 
 _REOPENED: dict[tuple, TeacherCache] = {}
