@@ -1,4 +1,5 @@
 """TeacherCache over several shards: rows gathered across shard boundaries, and nothing read until used."""
+import pytest
 import torch
 
 from clipdistill.cache import TeacherCache
@@ -52,6 +53,9 @@ def test_stored_views_are_read_per_row_from_the_shards(tmp_path):
     assert views.get("nope") is None
     assert "view" not in vars(cache)  # no (N, V, 5) table was built for the lookups
     assert torch.equal(cache.view[7], cache.stored_views(7))
+    for outside in (-1, 9):
+        with pytest.raises(IndexError, match=f"row {outside} of a cache of 9 rows"):
+            cache.stored_views(outside)
 
 
 def _rss_bytes() -> int:

@@ -39,6 +39,17 @@ def test_index_finds_rows_in_shard_order_and_marks_absent_keys(tmp_path):
     assert index.rows(["k0", "k1", "k2", "long-key-10", "nope", "k"]).tolist() == [1, 2, 0, 3, -1, -1]
 
 
+def test_rewriting_the_same_index_leaves_the_mapped_file_in_place(tmp_path):
+    write_index(tmp_path, [["k2", "k0"], ["k1"]])
+    first = (tmp_path / "index.npz").stat().st_ino
+    mapped = KeyIndex.load(tmp_path)
+    write_index(tmp_path, [["k2", "k0"], ["k1"]])  # a rerun of a finished cache
+    assert (tmp_path / "index.npz").stat().st_ino == first
+    write_index(tmp_path, [["k2", "k0"], ["k1", "k3"]])  # other keys: replaced
+    assert (tmp_path / "index.npz").stat().st_ino != first
+    assert KeyIndex.load(tmp_path).rows(["k3"]).tolist() == [3] and mapped.rows(["k1"]).tolist() == [2]
+
+
 def test_duplicate_keys_are_refused(tmp_path):
     with pytest.raises(UserError, match="'k1' occurs more than once"):
         write_index(tmp_path, [["k1", "k2"], ["k1"]])

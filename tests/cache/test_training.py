@@ -235,6 +235,12 @@ def test_a_worker_reopens_one_cache_for_its_views_and_its_stored_rows(tmp_path, 
     write_extra(tmp_path, "cluster", torch.arange(NUM_SAMPLES) % 4)  # a new manifest: opened anew, with it
     again = pickle.loads(pickle.dumps(cache))
     assert again is not views.cache and "cluster" in again.extras
+    data = pickle.dumps(cache)
+    for f in tmp_path.iterdir():
+        if f.is_file():
+            f.unlink()
+    with pytest.raises(UserError, match="cannot be reopened"):
+        pickle.loads(data)
 
 
 def test_extras_of_any_dtype_come_through_the_loader_workers(tmp_path, cache_dir, dataset, student, teacher):

@@ -97,6 +97,24 @@ def test_resuming_a_per_parameter_loop_checkpoint_keeps_the_fused_kernel():
         torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=name)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="where step counts live matters on a GPU")
+def test_resuming_puts_the_step_counts_where_this_runs_kernel_keeps_them():
+    model = make_model(CASES["clipkd"]).cuda()
+    images, tokens, teacher = (x.cuda() if torch.is_tensor(x) else x for x in make_inputs())
+    teacher = teacher.with_(image=teacher.image.cuda(), text=teacher.text.cuda(),
+                            logit_scale=teacher.logit_scale.cuda())
+    fused = build_optimizer(model, lr=0.01, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6)
+    model(images, tokens, teacher)[0].backward()
+    fused.step()
+    loop = build_optimizer(model, lr=0.01, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6)
+    for group in loop.param_groups:
+        group["fused"] = None
+    load_optimizer_state(loop, copy.deepcopy(fused.state_dict()))
+    assert all(s["step"].device.type == "cpu" for s in loop.state.values())
+    load_optimizer_state(fused, copy.deepcopy(loop.state_dict()))
+    assert all(s["step"].device.type == "cuda" for s in fused.state.values())
+
+
 def test_without_a_fused_kernel_the_per_parameter_loop_is_used(monkeypatch):
     real = torch.optim.AdamW
 

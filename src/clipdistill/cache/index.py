@@ -33,8 +33,19 @@ def write_index(directory: str | Path, keys_per_shard: list[list[str]]) -> int:
         raise UserError(f"sample key '{sorted_keys[duplicate[0]]}' occurs more than once in the data; "
                         f"a cache needs unique keys")
     arrays = {"keys": sorted_keys, "rows": order.astype(np.int64)}
-    write_atomic(Path(directory) / INDEX, lambda file: _save_aligned_npz(file, arrays), per_process=True)
+    if not _holds(Path(directory) / INDEX, arrays):
+        write_atomic(Path(directory) / INDEX, lambda file: _save_aligned_npz(file, arrays), per_process=True)
     return int(keys.size)
+
+
+def _holds(path: Path, arrays: dict[str, np.ndarray]) -> bool:
+    # A rerun of a finished cache leaves its index file alone: replacing it under a training job that
+    # maps it is harmless on a local disk but can fault that job's mapping on a network file system.
+    try:
+        existing = _map_npz(path)
+    except (OSError, ValueError, zipfile.BadZipFile, UserError):
+        return False
+    return existing.keys() == arrays.keys() and all(np.array_equal(existing[k], arrays[k]) for k in arrays)
 
 
 class KeyIndex:
@@ -102,7 +113,9 @@ def _map_npz(path: Path) -> dict[str, np.ndarray]:
     older caches (``np.savez``, unaligned) and compressed ones are read as before.
     """
     arrays = {}
-    with zipfile.ZipFile(path) as archive, open(path, "rb") as file:
+    # One open file for the directory, the headers and the maps: a rename over ``path`` meanwhile
+    # cannot pair one version's offsets with another's bytes.
+    with open(path, "rb") as file, zipfile.ZipFile(file) as archive:
         for member in archive.infolist():
             name = member.filename.removesuffix(".npy")
             if member.compress_type != zipfile.ZIP_STORED:
@@ -122,6 +135,6 @@ def _map_npz(path: Path) -> dict[str, np.ndarray]:
             elif file.tell() % dtype.alignment:  # written by np.savez (before this version): read it
                 arrays[name] = np.load(archive.open(member), allow_pickle=False)
             else:
-                arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=file.tell(), shape=shape,
+                arrays[name] = np.memmap(file, dtype=dtype, mode="r", offset=file.tell(), shape=shape,
                                          order="F" if fortran_order else "C")
     return arrays

@@ -12,6 +12,7 @@ the same image share one, through ``image_row``). Everything this class hands ou
 """
 from __future__ import annotations
 
+import weakref
 from functools import cached_property
 from pathlib import Path
 
@@ -97,6 +98,8 @@ class TeacherCache:
 
     def stored_views(self, row: int) -> torch.Tensor:
         """``(V, 5)`` int32: the view parameters stored for ``row``."""
+        if not 0 <= row < len(self):
+            raise IndexError(f"row {row} of a cache of {len(self)} rows")
         shard = int(np.searchsorted(self._shard_starts, row, side="right")) - 1
         return self._view_parts[shard][row - int(self._shard_starts[shard])]
 
@@ -172,17 +175,22 @@ def _cat(parts: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts) if parts else empty
 
 
-_REOPENED: dict[tuple, TeacherCache] = {}
+_REOPENED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def _reopen(directory: str) -> TeacherCache:
-    """One TeacherCache per directory and manifest version in this process, however many pickles name it.
+    """One TeacherCache per directory and manifest version in this process, while something holds it.
 
     A spawned worker unpickles its dataset's views and the targets' stored rows apart; without this it
     would hold the key index and view table twice. A rewritten manifest (a new extra) opens anew.
     """
-    stat = (Path(directory) / MANIFEST).stat()
-    key = (directory, stat.st_ino, stat.st_mtime_ns)
-    if key not in _REOPENED:
-        _REOPENED[key] = TeacherCache(directory)
-    return _REOPENED[key]
+    path = Path(directory).resolve()
+    try:
+        stat = (path / MANIFEST).stat()
+    except OSError as err:
+        raise UserError(f"teacher cache {directory} cannot be reopened: {err.strerror or err}") from None
+    key = (str(path), stat.st_ino, stat.st_mtime_ns)
+    cache = _REOPENED.get(key)
+    if cache is None:
+        cache = _REOPENED[key] = TeacherCache(path)
+    return cache

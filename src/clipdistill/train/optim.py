@@ -45,11 +45,15 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     optimizer.load_state_dict(state)
     for group, chosen in zip(optimizer.param_groups, kernels):
         group.update(chosen)
-        if group["fused"]:  # the fused kernel keeps its step counts as float32 on the parameters' device
-            for param in group["params"]:
-                state = optimizer.state.get(param, {})
-                if "step" in state:
-                    state["step"] = state["step"].to(device=param.device, dtype=torch.float32)
+        # Where the step counts live follows the kernel, and load_state_dict placed them for the
+        # checkpoint's: the fused kernel keeps them on the parameters' device, the loops on the CPU
+        # (on a GPU they would cost a sync per parameter and step).
+        on_device = group["fused"] or group.get("capturable")
+        for param in group["params"]:
+            param_state = optimizer.state.get(param, {})
+            if "step" in param_state:
+                param_state["step"] = param_state["step"].to(device=param.device if on_device else "cpu",
+                                                             dtype=torch.float32)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
