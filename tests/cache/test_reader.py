@@ -7,6 +7,8 @@ from clipdistill.cache.index import write_index
 from clipdistill.cache.manifest import FORMAT, FORMAT_VERSION, write_manifest
 from clipdistill.cache.storage import shard_path, write_shard
 
+from cache_helpers import memory_bytes
+
 VIEWS, DIM = 2, 8
 
 
@@ -58,20 +60,13 @@ def test_stored_views_are_read_per_row_from_the_shards(tmp_path):
             cache.stored_views(outside)
 
 
-def _rss_bytes() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def test_opening_a_cache_reads_no_embeddings_until_rows_are_gathered(tmp_path):
     # 2 shards of 6 000 x 2 views x 1 024 fp16 = 48 MiB of image embeddings.
     image, text = _write_cache(tmp_path, [6000, 6000], dim=1024)
     expected = image[[5, 11_000], [0, 1]].float()
     del image, text
-    before = _rss_bytes()
+    before = memory_bytes("VmRSS")
     cache = TeacherCache(tmp_path)
     batch = cache.image_rows(torch.tensor([5, 11_000]), torch.tensor([0, 1]))
     assert torch.equal(batch, expected)
-    assert _rss_bytes() - before < 12 * 2**20  # pages of two rows and the small tables, not 48 MiB
+    assert memory_bytes("VmRSS") - before < 12 * 2**20  # pages of two rows and the small tables, not 48 MiB

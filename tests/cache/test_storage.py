@@ -7,6 +7,8 @@ from clipdistill.cache.index import KeyIndex, write_index
 from clipdistill.cache.storage import DTYPES, check_encoding, read_meta, read_shard, write_shard
 from clipdistill.errors import UserError
 
+from cache_helpers import memory_bytes
+
 
 @pytest.mark.parametrize("storage,dtype", [("safetensors", "fp16"), ("safetensors", "bf16"),
                                            ("safetensors", "fp32"), ("numpy", "fp16"), ("numpy", "fp32")])
@@ -77,15 +79,8 @@ def test_loading_a_large_index_takes_no_private_memory(tmp_path):
     keys = [f"row{i:09d}" for i in range(1_000_000)]  # 48 MB of keys and 8 MB of rows
     write_index(tmp_path, [keys[::2], keys[1::2]])
     del keys
-    before = _private_bytes()
+    before = memory_bytes("RssAnon")
     index = KeyIndex.load(tmp_path)
     assert index.rows(["row000000003", "row000999998"]).tolist() == [500_001, 499_999]
     # Mapped file pages are the page cache's, one copy for every process; np.load would add 56 MB here.
-    assert _private_bytes() - before < 4 * 2**20
-
-
-def _private_bytes() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no RssAnon in /proc/self/status")
+    assert memory_bytes("RssAnon") - before < 4 * 2**20
