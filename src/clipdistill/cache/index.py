@@ -117,24 +117,24 @@ def _map_npz(path: Path) -> dict[str, np.ndarray]:
     # cannot pair one version's offsets with another's bytes.
     with open(path, "rb") as file, zipfile.ZipFile(file) as archive:
         for member in archive.infolist():
-            name = member.filename.removesuffix(".npy")
-            if member.compress_type != zipfile.ZIP_STORED:
-                arrays[name] = np.load(archive.open(member), allow_pickle=False)
-                continue
-            file.seek(member.header_offset + 26)  # the local header's name and extra-field lengths
-            name_length, extra_length = struct.unpack("<HH", file.read(4))
-            file.seek(member.header_offset + 30 + name_length + extra_length)
-            version = np.lib.format.read_magic(file)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                np.lib.format.read_array_header_2_0
-            shape, fortran_order, dtype = read_header(file)
-            if dtype.hasobject:
-                raise UserError(f"{path}: member {member.filename} holds Python objects; rebuild the cache")
-            if int(np.prod(shape)) == 0:  # an empty map is an error
-                arrays[name] = np.empty(shape, dtype=dtype)
-            elif file.tell() % dtype.alignment:  # written by np.savez (before this version): read it
-                arrays[name] = np.load(archive.open(member), allow_pickle=False)
-            else:
-                arrays[name] = np.memmap(file, dtype=dtype, mode="r", offset=file.tell(), shape=shape,
-                                         order="F" if fortran_order else "C")
+            mapped = _map_member(file, member) if member.compress_type == zipfile.ZIP_STORED else None
+            arrays[member.filename.removesuffix(".npy")] = (
+                mapped if mapped is not None else np.load(archive.open(member), allow_pickle=False))
     return arrays
+
+
+def _map_member(file, member: zipfile.ZipInfo) -> np.ndarray | None:
+    """The stored ``.npy`` member mapped, or None where its data is not aligned for its dtype."""
+    file.seek(member.header_offset + 26)  # the local header's name and extra-field lengths
+    name_length, extra_length = struct.unpack("<HH", file.read(4))
+    file.seek(member.header_offset + 30 + name_length + extra_length)
+    version = np.lib.format.read_magic(file)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(file)
+    if dtype.hasobject:
+        raise UserError(f"{file.name}: member {member.filename} holds Python objects; rebuild the cache")
+    if int(np.prod(shape)) == 0:  # an empty map is an error
+        return np.empty(shape, dtype=dtype)
+    if file.tell() % dtype.alignment:  # written by np.savez (before this version)
+        return None
+    return np.memmap(file, dtype=dtype, mode="r", offset=file.tell(), shape=shape, order="F" if fortran_order else "C")
