@@ -15,6 +15,8 @@ class Embeddings:
         text: ``(B, D)`` text embeddings; row ``i`` is the caption of image ``i``.
         logit_scale: the *multiplicative* scale ``exp(log_scale)`` as open_clip's forward returns it
             (a 0-d or 1-element tensor), not the log.
+        logit_bias: the additive bias of a sigmoid-trained model (SigLIP: ``sigmoid(scale * sim + bias)``),
+            ``None`` for softmax-trained models.
         extras: optional named tensors (e.g. ``"cluster"`` pseudo-labels ``(B,)``).
 
     Convention (checked nowhere, relied on everywhere): a **student** hands over *raw* embeddings,
@@ -33,6 +35,7 @@ class Embeddings:
     normalized: bool = False
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     local_rows: slice | None = None
+    logit_bias: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.image.ndim != 2 or self.text.ndim != 2:
