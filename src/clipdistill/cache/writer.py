@@ -29,7 +29,7 @@ from clipdistill.cache.index import write_index
 from clipdistill.cache.storage import DTYPES, check_encoding, read_meta, shard_path, write_shard
 from clipdistill.cache.units import Unit, decode_item, plan_units, raw_items, units_of_rank, with_image_ids
 from clipdistill.data.bad_samples import BadSample
-from clipdistill.data.loader import sample_generator
+from clipdistill.data.batch import sample_generator
 from clipdistill.data.transforms import apply_view, sample_view
 
 log = logging.getLogger(__name__)

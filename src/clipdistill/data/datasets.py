@@ -1,0 +1,32 @@
+"""Which dataset a config's ``data.kind`` names."""
+from __future__ import annotations
+
+from clipdistill.data.csv_pairs import CsvPairs
+from clipdistill.data.shards import ShardPairs
+from clipdistill.data.synthetic import SyntheticPairs
+from clipdistill.errors import UserError
+
+KINDS = ("synthetic", "csv", "webdataset")
+
+
+def build_dataset(kind: str, *, path: str = "", num_samples: int = 0, seed: int = 0, image_key: str = "filepath",
+                  caption_key: str = "title", separator: str = "\t"):
+    """The dataset of ``kind``: ``"synthetic"`` (num_samples, seed), ``"csv"`` (path, keys, separator) or
+    ``"webdataset"`` (path: shard pattern or folder)."""
+    if kind == "synthetic":
+        if num_samples <= 0:
+            raise UserError(f"the synthetic dataset needs a positive number of samples, got {num_samples}")
+        return SyntheticPairs(num_samples, seed=seed)
+    if kind == "csv":
+        if not path:
+            raise UserError("the csv dataset needs a path to a CSV/TSV file of image paths and captions")
+        return CsvPairs(path, image_key=image_key, caption_key=caption_key, separator=separator)
+    if kind == "webdataset":
+        return ShardPairs(path)
+    raise UserError(f"unknown dataset kind '{kind}' (available: {', '.join(KINDS)})")
+
+
+def dataset_from(data) -> object:
+    """The dataset a config's ``data`` section describes (training, ``clipdistill cache``)."""
+    return build_dataset(data.kind, path=data.path, num_samples=data.num_samples, seed=data.seed,
+                         image_key=data.image_key, caption_key=data.caption_key, separator=data.separator)
