@@ -66,7 +66,7 @@ class DataConfig:
     image_key: str = "filepath"
     caption_key: str = "title"
     separator: str = "\t"
-    workers: int = 2
+    workers: Union[int, str] = "auto"  # DataLoader workers; auto = half the cores this process may use (1..8)
     scale: list = field(default_factory=lambda: [0.9, 1.0])  # RandomResizedCrop scale range
     hflip: bool = False
     max_bad_fraction: float = 0.05  # abort when more than this fraction of samples is unreadable
@@ -97,6 +97,11 @@ class TrainConfig:
     resume: str = ""  # "" | latest | path to a checkpoint
     skip_nonfinite: int = 0  # skip (don't apply, count, log) up to N steps whose loss is NaN/inf; then stop
     progress: bool = True
+    # intra-op CPU threads; 0 = OMP_NUM_THREADS if set, else the usable cores less the DataLoader workers
+    threads: int = 0
+    # local rows x global columns in every contrastive term (logit memory linear in the global batch):
+    # true | false | auto (on when there is more than one rank)
+    local_loss: Union[bool, str] = "auto"
 
 
 @dataclass
@@ -203,6 +208,9 @@ def from_dict(data: dict) -> Config:
     # `losses.NAME=null` on the command line removes a term that the YAML file enabled.
     config.losses = {name: spec for name, spec in config.losses.items() if spec is not None}
     _check_losses(config.losses)
+    workers = config.data.workers
+    if workers != "auto" and not (isinstance(workers, int) and workers >= 0):
+        raise ConfigError(f"config key 'data.workers' expects auto or a number >= 0, got {workers!r}")
     return config
 
 

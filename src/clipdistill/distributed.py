@@ -32,6 +32,15 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def is_main_process() -> bool:
+    return not is_distributed() or dist.get_rank() == 0
+
+
+def local_world_size() -> int:
+    """Processes torchrun started on this node (1 for a plain process)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 

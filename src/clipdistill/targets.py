@@ -1,10 +1,20 @@
-"""Where teacher embeddings come from. The training loop only knows this interface.
+"""Where teacher embeddings come from. The training loop knows only this interface.
+
+A *targets* object answers two questions, and the loop asks nothing else about the teacher:
+
+- ``loader_needs(student)``: what the data loader must add to each batch for it: the crop rendered
+  in the teacher's ImageSpec and the captions in its tokenizer (a live teacher), the stored views to
+  replay and the cache rows to gather in the DataLoader workers (a cache). A :class:`LoaderNeeds`.
+- ``targets(batch)``: the teacher's normalized :class:`~clipdistill.Embeddings` of that batch.
 
 ``LiveTeacherTargets`` runs the frozen teacher on the batch; ``CachedTeacherTargets`` reads stored
-embeddings instead (``clipdistill cache``). Both take the batch dict the loader produces and return
-normalized :class:`~clipdistill.Embeddings`.
+embeddings (``clipdistill cache``), embedding live only what the cache lacks in *hybrid* mode.
+Either one is built from a config's ``teacher`` section by :func:`clipdistill.build.targets_from`.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -13,12 +23,42 @@ from clipdistill.embeddings import Embeddings
 from clipdistill.errors import UserError
 
 
+@dataclass
+class LoaderNeeds:
+    """What a targets object asks the training loader to put into every batch.
+
+    Attributes:
+        specs: batch key -> ImageSpec to render the sampled crop in (``teacher_image``).
+        tokenizers: batch key -> tokenizer for the captions (``teacher_text``).
+        views: a cache's stored views: each sample replays one of them instead of sampling a crop.
+        batch_extras: runs on each collated batch inside the DataLoader workers (cache row gathering).
+    """
+
+    specs: dict = field(default_factory=dict)
+    tokenizers: dict = field(default_factory=dict)
+    views: object | None = None
+    batch_extras: Callable[[dict], dict] | None = None
+
+
 class LiveTeacherTargets:
     """Run the teacher on the batch's own rendering of the shared view (``teacher_image``)."""
 
     def __init__(self, teacher, device: torch.device):
         self.teacher = teacher
         self.device = device
+
+    @property
+    def dim(self) -> int:
+        return self.teacher.embed_dim
+
+    def loader_needs(self, student) -> LoaderNeeds:
+        """The teacher's rendering of each crop, and its tokens: the student's own tensor when they provably
+        agree (the usual case: open_clip's BPE at the same context), so nothing is tokenized twice."""
+        from clipdistill.models import same_tokenizer
+
+        same = same_tokenizer(self.teacher.tokenizer, student.tokenizer)
+        return LoaderNeeds(specs={"teacher_image": self.teacher.image_spec},
+                           tokenizers={"teacher_text": student.tokenizer if same else self.teacher.tokenizer})
 
     def __call__(self, batch: dict) -> Embeddings:
         images = batch["teacher_image"].to(self.device, non_blocking=True)
@@ -95,6 +135,22 @@ class CachedTeacherTargets:
         self.device = device
         self.live = live
         self.stored_rows = StoredRows(cache)
+
+    @property
+    def dim(self) -> int:
+        return self.cache.dim
+
+    @property
+    def teacher(self):
+        """The live teacher of hybrid mode (None in strict mode)."""
+        return self.live.teacher if self.live is not None else None
+
+    def loader_needs(self, student) -> LoaderNeeds:
+        """Replay the stored views and gather their rows in the workers; in hybrid mode, also what the live
+        teacher needs for the samples the cache lacks."""
+        live = self.live.loader_needs(student) if self.live is not None else LoaderNeeds()
+        return LoaderNeeds(specs=live.specs, tokenizers=live.tokenizers, views=self.cache.views(),
+                           batch_extras=self.stored_rows)
 
     def __call__(self, batch: dict) -> Embeddings:
         stored = batch.get("teacher_stored") or self.stored_rows.gather(batch["key"], batch["view_index"])

@@ -4,9 +4,8 @@ import json
 import pytest
 import yaml
 
-from clipdistill import cli
+from clipdistill import build, cli
 from clipdistill.cache import TeacherCache, read_manifest
-from clipdistill.train import loop
 
 CONFIG = {
     "student": {"model": "tiny"},
@@ -45,7 +44,7 @@ def test_training_from_the_cache_never_loads_a_teacher(tmp_path, cache_out, conf
     def no_teacher(*args, **kwargs):
         raise AssertionError("strict cache mode must not load a teacher")
 
-    monkeypatch.setattr(loop, "load_teacher", no_teacher)
+    monkeypatch.setattr(build, "load_teacher", no_teacher)
     out = tmp_path / "run"
     assert cli.main(["train", str(config_file), "--out", str(out), "teacher.source=cache",
                      f"teacher.path={cache_out}"]) == 0

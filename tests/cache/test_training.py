@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from clipdistill.cache import TeacherCache, open_for_training, write_extra
+from clipdistill.data.augmentation import Augmentation
 from clipdistill.cache.manifest import read_manifest, write_manifest
 from clipdistill.data import SyntheticPairs, train_batches
 from clipdistill.data.transforms import PairedTransform, apply_view
@@ -107,9 +108,9 @@ def test_open_for_training_refuses_a_cache_of_another_teacher_or_augmentation(ca
     with pytest.raises(UserError, match="teacher.model: cache has 'tiny-teacher', run has 'ViT-B-16'"):
         open_for_training(str(cache_dir), mode="strict", model="ViT-B-16", pretrained="openai")
     with pytest.raises(UserError, match=r"augmentation.scale: cache has \[0.9, 1.0\], run has \[0.5, 1.0\]"):
-        open_for_training(str(cache_dir), mode="strict", scale=(0.5, 1.0))
+        open_for_training(str(cache_dir), mode="strict", augmentation=Augmentation(scale=(0.5, 1.0)))
     with pytest.raises(UserError, match="augmentation.hflip"):
-        open_for_training(str(cache_dir), mode="strict", hflip=True)
+        open_for_training(str(cache_dir), mode="strict", augmentation=Augmentation(hflip=True))
     with pytest.raises(UserError, match="unknown teacher.cache_mode 'lazy'"):
         open_for_training(str(cache_dir), mode="lazy")
 

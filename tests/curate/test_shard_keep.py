@@ -12,6 +12,7 @@ from clipdistill.cli import main
 from clipdistill.data import SyntheticPairs
 from clipdistill.data.loader import train_batches
 from clipdistill.data.shards import KeptKeys, ShardPairs
+from clipdistill.data.augmentation import Augmentation
 from clipdistill.data.transforms import PairedTransform
 from clipdistill.errors import UserError
 from clipdistill.models import load_teacher
@@ -67,7 +68,7 @@ def test_curating_a_shard_cache_lists_sorted_keys_without_the_copies(curated):
 
 
 def test_training_on_the_shards_with_the_keep_list_reads_only_kept_keys(shards, curated):
-    transform = PairedTransform({"student_image": SPEC}, scale=(1.0, 1.0))
+    transform = PairedTransform({"student_image": SPEC}, Augmentation(scale=(1.0, 1.0)))
     batches = train_batches(ShardPairs(shards), transform=transform, tokenizers={}, batch_size=5, seed=0,
                             keep=str(curated))
     seen = [next(batches) for _ in range(6)]  # 30 samples: three passes over the 10 kept ones

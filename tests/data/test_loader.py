@@ -8,13 +8,14 @@ from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
 from clipdistill.data import BadSample, CsvPairs, SyntheticPairs, build_dataset, train_batches
+from clipdistill.data.augmentation import Augmentation
 from clipdistill.data.transforms import PairedTransform, apply_view
 from clipdistill.errors import UserError
 from clipdistill.models.spec import ImageSpec
 
 STUDENT = ImageSpec(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 TEACHER = ImageSpec(24, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28), interpolation="bilinear")
-TRANSFORM = PairedTransform({"student_image": STUDENT}, scale=(0.5, 1.0))
+TRANSFORM = PairedTransform({"student_image": STUDENT}, Augmentation(scale=(0.5, 1.0)))
 OPEN_CLIP_TOKENIZER = SimpleTokenizer(context_length=16)
 
 
@@ -130,7 +131,7 @@ def test_subset_uses_the_first_samples_only():
 
 
 def test_batch_layout_tokenizers_and_replayable_views():
-    transform = PairedTransform({"student_image": STUDENT, "teacher_image": TEACHER}, scale=(0.5, 1.0))
+    transform = PairedTransform({"student_image": STUDENT, "teacher_image": TEACHER}, TRANSFORM.augmentation)
     data = SyntheticPairs(16)
     (batch,) = take(1, dataset=data, batch_size=8, transform=transform,
                     tokenizers={"student_text": OPEN_CLIP_TOKENIZER, "teacher_text": char_tokenizer})
@@ -149,7 +150,7 @@ def test_batch_layout_tokenizers_and_replayable_views():
 
 def test_shared_spec_and_tokenizer_give_one_tensor():
     # Equal ImageSpecs and the same tokenizer object are rendered/tokenized once and shipped once.
-    transform = PairedTransform({"student_image": STUDENT, "teacher_image": STUDENT}, scale=(0.5, 1.0))
+    transform = PairedTransform({"student_image": STUDENT, "teacher_image": STUDENT}, TRANSFORM.augmentation)
     (batch,) = take(1, dataset=SyntheticPairs(16), batch_size=8, transform=transform,
                     tokenizers={"student_text": OPEN_CLIP_TOKENIZER, "teacher_text": OPEN_CLIP_TOKENIZER})
     assert batch["teacher_image"] is batch["student_image"] and batch["teacher_text"] is batch["student_text"]

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from clipdistill.data import ShardPairs, build_dataset, expand_shards, train_batches
+from clipdistill.data.augmentation import Augmentation
 from clipdistill.data.transforms import PairedTransform
 from clipdistill.errors import UserError
 from clipdistill.models.spec import ImageSpec
@@ -148,7 +149,8 @@ def test_augmentation_is_reproducible(shards):
     data = ShardPairs(str(shards[0]))
 
     def first_batch():
-        batches = train_batches(data, transform=PairedTransform(TRANSFORM.specs, scale=(0.3, 1.0)), tokenizers={},
+        transform = PairedTransform(TRANSFORM.specs, Augmentation(scale=(0.3, 1.0)))
+        batches = train_batches(data, transform=transform, tokenizers={},
                                 batch_size=4, seed=3)
         return next(batches)
 

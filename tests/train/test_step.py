@@ -1,5 +1,6 @@
 """One optimization step: learnable loss parts are optimized, clipped, and NaNs stop the run."""
 import copy
+import math
 
 import pytest
 import torch
@@ -31,9 +32,8 @@ def test_heads_and_scales_are_optimized_and_clipped():
         seen_norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
         return original_step(*args, **kwargs)
 
-    scheduler = warmup_cosine(optimizer, warmup_steps=1, total_steps=10)
     optimizer.step = spy_step
-    train_step(model, batch_of(images, tokens), teacher, optimizer=optimizer, scheduler=scheduler,
+    train_step(model, batch_of(images, tokens), teacher, optimizer=optimizer, lr=0.1,
                device=torch.device("cpu"), precision="fp32", grad_clip=0.01, step=1)
     assert seen_norms[0] == pytest.approx(0.01, rel=1e-4)
     assert not torch.equal(before, head)
@@ -131,11 +131,17 @@ def test_without_a_fused_kernel_the_per_parameter_loop_is_used(monkeypatch):
 def test_non_finite_loss_names_step_and_term():
     model = make_model({"clip": {}, "fd": {}})
     optimizer = build_optimizer(model, lr=0.1, weight_decay=0.0, betas=(0.9, 0.98), eps=1e-6)
-    scheduler = warmup_cosine(optimizer, warmup_steps=1, total_steps=10)
     images, tokens, teacher = make_inputs()
     images[0, 0] = float("nan")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 7 in term\(s\) clip, fd"):
-        train_step(model, batch_of(images, tokens), teacher, optimizer=optimizer, scheduler=scheduler,
+        train_step(model, batch_of(images, tokens), teacher, optimizer=optimizer, lr=0.1,
                    device=torch.device("cpu"), precision="fp32", grad_clip=1.0, step=7)
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # no update applied
+
+
+def test_lr_is_a_pure_function_of_the_step():
+    # warmup 2 steps to the base lr, then cosine to 0 at step 6 (hand-computed).
+    lrs = [warmup_cosine(step, base_lr=1.0, warmup_steps=2, total_steps=6) for step in range(8)]
+    expected = [0.5, 1.0, 1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0, 0.0]
+    assert lrs == pytest.approx(expected, abs=1e-12)

@@ -10,8 +10,8 @@ Layout of a cache directory: ``manifest.json`` (:mod:`~clipdistill.cache.manifes
 from clipdistill.cache.extras import write_extra
 from clipdistill.cache.manifest import read_manifest, weights_fingerprint
 from clipdistill.cache.reader import CachedViews, TeacherCache
-from clipdistill.cache.training import CacheSource, open_for_training
+from clipdistill.cache.training import open_for_training
 from clipdistill.cache.writer import finalize, write_cache, write_shards
 
-__all__ = ["CacheSource", "CachedViews", "TeacherCache", "finalize", "open_for_training", "read_manifest",
+__all__ = ["CachedViews", "TeacherCache", "finalize", "open_for_training", "read_manifest",
            "weights_fingerprint", "write_cache", "write_extra", "write_shards"]

@@ -13,13 +13,12 @@ import logging
 
 import torch
 
+from clipdistill import build, distributed
 from clipdistill import config as config_lib
-from clipdistill import distributed
 from clipdistill.cache.manifest import read_manifest
 from clipdistill.cache.writer import finalize, missing_shards, write_cache
-from clipdistill.data import build_dataset
 from clipdistill.errors import UserError
-from clipdistill.models import load_teacher
+from clipdistill.threads import configure_threads, dataloader_workers
 
 log = logging.getLogger("clipdistill.cache")
 
@@ -36,18 +35,20 @@ def build_cache(cfg: config_lib.Config, out_dir: str) -> dict | None:
         raise UserError(f"clipdistill cache needs a teacher to run (teacher.source is '{cfg.teacher.source}'): "
                         f"set teacher.source to openclip, checkpoint or hf")
     ctx = distributed.setup()
+    per_node = distributed.local_world_size()
+    workers = dataloader_workers(cfg.data.workers, per_node)
+    threads, why = configure_threads(cfg.train.threads, workers, per_node)
+    log.info("teacher %s %s on %s: %d threads (%s), %d DataLoader workers", cfg.teacher.source, cfg.teacher.model,
+             ctx.device, threads, why, workers)
     # Random-weight teachers (pretrained "") are seeded like a training run, so a cache of one is reproducible.
     torch.manual_seed(cfg.train.seed)
-    teacher = load_teacher(cfg.teacher.source, model=cfg.teacher.model, pretrained=cfg.teacher.pretrained,
-                           path=cfg.teacher.path, device=str(ctx.device), precision=cfg.teacher.precision)
-    dataset = build_dataset(cfg.data.kind, path=cfg.data.path, num_samples=cfg.data.num_samples, seed=cfg.data.seed,
-                            image_key=cfg.data.image_key, caption_key=cfg.data.caption_key,
-                            separator=cfg.data.separator)
+    teacher = build.teacher_from(cfg.teacher, ctx.device)
+    dataset = build.dataset_from(cfg.data)
     c = cfg.cache
     # Every rank writes (or checks) the same manifest: identical bytes, renamed into place, so no race matters.
     write_cache(dataset, teacher, out_dir, dataset_info=dataset_info(cfg.data), views=c.views, scale=cfg.data.scale,
                 hflip=cfg.data.hflip, seed=c.seed, dtype=c.dtype, storage=c.format, shard_size=c.shard_size,
-                batch_size=c.batch_size, workers=cfg.data.workers, rank=ctx.rank, world_size=ctx.world_size,
+                batch_size=c.batch_size, workers=workers, rank=ctx.rank, world_size=ctx.world_size,
                 progress=ctx.is_main and cfg.train.progress, finalize_when_done=False)
     distributed.barrier()
     if not ctx.is_main:

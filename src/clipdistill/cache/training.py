@@ -8,38 +8,23 @@ cached preprocessing (ImageSpec), or its embeddings of missing samples would not
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from clipdistill.cache.manifest import refuse_if_different, weights_fingerprint
 from clipdistill.cache.reader import TeacherCache
+from clipdistill.data.augmentation import Augmentation
 from clipdistill.errors import UserError
 from clipdistill.targets import CachedTeacherTargets, LiveTeacherTargets
 
 MODES = ("strict", "hybrid")
 
 
-@dataclass
-class CacheSource:
-    """An opened cache and, in hybrid mode, the live teacher that fills its gaps."""
-
-    cache: TeacherCache
-    teacher: object | None  # clipdistill.models.Teacher in hybrid mode
-
-    @property
-    def dim(self) -> int:
-        return self.cache.dim
-
-    def targets(self, device: torch.device) -> CachedTeacherTargets:
-        live = LiveTeacherTargets(self.teacher, device) if self.teacher is not None else None
-        return CachedTeacherTargets(self.cache, device, live=live)
-
-
-def open_for_training(path: str, *, mode: str, model="", pretrained: str = "", scale=(0.9, 1.0),
-                      hflip: bool = False, device: str = "cpu", precision: str = "auto") -> CacheSource:
-    """Open the cache at ``path`` for a run whose config says ``model``/``pretrained`` (may be empty),
-    ``scale``/``hflip`` (data augmentation) and ``mode`` (``strict`` | ``hybrid``)."""
+def open_for_training(path: str, *, mode: str, model="", pretrained: str = "",
+                      augmentation: Augmentation = Augmentation(), device: str = "cpu",
+                      precision: str = "auto") -> CachedTeacherTargets:
+    """The targets of a run that trains from the cache at ``path``, refused if the cache does not fit the run:
+    its config says ``model``/``pretrained`` (may be empty), ``augmentation`` (``data.scale``, ``data.hflip``) and
+    ``mode`` (``strict`` | ``hybrid``: samples missing from the cache are embedded by a live teacher)."""
     if mode not in MODES:
         raise UserError(f"unknown teacher.cache_mode '{mode}' (choose from {', '.join(MODES)})")
     if not path:
@@ -47,10 +32,11 @@ def open_for_training(path: str, *, mode: str, model="", pretrained: str = "", s
     cache = TeacherCache(path)
     expected_teacher = {"model": model, "pretrained": pretrained} if model else {}
     refuse_if_different(cache.manifest, {"teacher": expected_teacher,
-                                         "augmentation": {"scale": list(scale), "hflip": hflip}},
+                                         "augmentation": augmentation.as_dict()},
                         path, "this run's teacher and data.scale/data.hflip")
-    teacher = _live_teacher(cache, device, precision) if mode == "hybrid" else None
-    return CacheSource(cache, teacher)
+    live = LiveTeacherTargets(_live_teacher(cache, device, precision), torch.device(device)) \
+        if mode == "hybrid" else None
+    return CachedTeacherTargets(cache, torch.device(device), live=live)
 
 
 def _live_teacher(cache: TeacherCache, device: str, precision: str):

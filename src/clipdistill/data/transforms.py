@@ -14,6 +14,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from clipdistill.data.augmentation import Augmentation
 from clipdistill.models.spec import ImageSpec
 
 VIEW_FIELDS = ("top", "left", "height", "width", "flip")
@@ -88,18 +89,16 @@ class PairedTransform:
 
     Args:
         specs: name -> ImageSpec, e.g. ``{"student_image": s, "teacher_image": t}``.
-        scale, ratio, hflip: RandomResizedCrop settings. The default keeps flips off: the procedural
-            data's captions say "left of", which a flip would make false.
+        augmentation: how views are sampled (:class:`~clipdistill.data.augmentation.Augmentation`).
     """
 
-    def __init__(self, specs: dict[str, ImageSpec], scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3),
-                 hflip: bool = False):
+    def __init__(self, specs: dict[str, ImageSpec], augmentation: Augmentation = Augmentation()):
         self.specs = dict(specs)
-        self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
+        self.augmentation = augmentation
 
     def __call__(self, image: Image.Image, generator: torch.Generator) -> dict[str, torch.Tensor]:
         image = _rgb(image)
-        view = sample_view(image.width, image.height, generator, self.scale, self.ratio, self.hflip)
+        view = self.augmentation.sample_view(image.width, image.height, generator)
         out = apply_view(image, view, self.specs)
         out["view"] = torch.tensor(view, dtype=torch.int32)
         return out

@@ -10,8 +10,8 @@ class MFDLoss(FDLoss):
     loss = mean_i ‖ŝ_v^mask,i − t_v,i‖² + ‖ŝ_t,i − t_t,i‖²
 
     The masking happens in the student's forward, not here: a loss that declares
-    ``student_patch_dropout`` makes the trainer build the student with open_clip's patch dropout at
-    that ratio (active in training mode only), while the teacher sees the full image. Every term of
+    ``student_patch_dropout`` makes the trainer give the student open_clip's patch dropout at that
+    ratio (``Student.drop_patches``; active in training mode only), while the teacher sees the full image. Every term of
     the objective then sees the masked image features, as in FLIP — cheaper, not only different.
     The reference code computes the masked features and then overwrites them with a plain forward,
     so its MFD is plain FD. Requires a ViT student (a clear error otherwise).

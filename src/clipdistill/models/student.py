@@ -49,6 +49,18 @@ class Student:
     def embed_dim(self) -> int:
         return int(self.model_cfg["embed_dim"])
 
+    def drop_patches(self, ratio: float) -> None:
+        """Train the image tower on a random ``1 - ratio`` of its patches; evaluation sees all of them.
+
+        open_clip's own ``PatchDropout`` (what its ``force_patch_dropout`` builds), recorded in
+        ``model_cfg`` so an export keeps the setting. Masked feature distillation (``mfd``) asks for it.
+        """
+        _require_open_clip_vit(self.name, self.model_cfg)
+        from open_clip.transformer import PatchDropout
+
+        self.model_cfg["vision_cfg"]["patch_dropout"] = float(ratio)
+        self.model.visual.patch_dropout = PatchDropout(float(ratio))
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalized image embeddings (for evaluation; gradients flow if enabled)."""
         return self.model.encode_image(images, normalize=True)
@@ -72,11 +84,13 @@ def build_student(model: str | dict, pretrained: str = "", patch_dropout: float 
     name = resolve_architecture(model)
     model_cfg = open_clip.get_model_config(name)
     if patch_dropout is not None:
-        _require_open_clip_vit(name, model_cfg)
-        model_cfg["vision_cfg"]["patch_dropout"] = float(patch_dropout)
-    module = _create(name, pretrained, patch_dropout)
-    return Student(model=module, tokenizer=_tokenizer(name), image_spec=image_spec_of(module),
-                   model_cfg=model_cfg, name=name)
+        _require_open_clip_vit(name, model_cfg)  # before building (or downloading) anything
+    module = _create(name, pretrained)
+    student = Student(model=module, tokenizer=_tokenizer(name), image_spec=image_spec_of(module),
+                      model_cfg=model_cfg, name=name)
+    if patch_dropout is not None:
+        student.drop_patches(patch_dropout)
+    return student
 
 
 def image_spec_of(model: nn.Module) -> ImageSpec:
@@ -91,18 +105,18 @@ def image_spec_of(model: nn.Module) -> ImageSpec:
                      std=tuple(float(s) for s in cfg["std"]), interpolation=cfg.get("interpolation", "bicubic"))
 
 
-def _create(name: str, pretrained: str, patch_dropout: float | None) -> nn.Module:
+def _create(name: str, pretrained: str) -> nn.Module:
     if not pretrained:
-        return _random_init(name, patch_dropout)
+        return _random_init(name)
     if _looks_like_file(pretrained):
         # Our loader, not open_clip's: it also reads {"model": ...} wrappers and module. prefixes on
         # every key, and turns unsafe pickles and mismatches into one-line errors.
         state_dict = load_state_dict_file(pretrained)
-        module = _random_init(name, patch_dropout)
+        module = _random_init(name)
         load_weights(module, state_dict, pretrained)
         return module
     _fetch_pretrained_tag(name, pretrained)
-    return open_clip.create_model(name, pretrained=pretrained, force_patch_dropout=patch_dropout)
+    return open_clip.create_model(name, pretrained=pretrained)
 
 
 class _QuietRandomInit(logging.Filter):
@@ -116,14 +130,13 @@ class _QuietRandomInit(logging.Filter):
         return "No pretrained weights loaded" not in record.getMessage()
 
 
-def _random_init(name: str, patch_dropout: float | None) -> nn.Module:
+def _random_init(name: str) -> nn.Module:
     # pretrained_text=False: open_clip would otherwise download a Hugging Face text tower for
     # hf-text architectures, which a random-init student does not want (and offline cannot get).
     quiet = _QuietRandomInit()
     logging.getLogger().addFilter(quiet)
     try:
-        return open_clip.create_model(name, pretrained=None, pretrained_text=False,
-                                      force_patch_dropout=patch_dropout)
+        return open_clip.create_model(name, pretrained=None, pretrained_text=False)
     finally:
         logging.getLogger().removeFilter(quiet)
 
@@ -156,7 +169,8 @@ def _fetch_pretrained_tag(name: str, tag: str) -> None:
 def _require_open_clip_vit(name: str, model_cfg: dict) -> None:
     vision = model_cfg["vision_cfg"]
     if not isinstance(vision.get("layers", 12), int) or vision.get("timm_model_name"):
-        raise UserError(f"patch dropout (mfd) needs an open_clip ViT image tower; {name} has none")
+        raise UserError(f"patch dropout (loss 'mfd' drops image patches) needs a ViT student: an open_clip ViT "
+                        f"image tower; {name} has none")
 
 
 def same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:

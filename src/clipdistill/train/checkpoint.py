@@ -1,19 +1,30 @@
 """Checkpoints: written atomically, the last K kept, ``resume=latest`` finds the newest readable one.
 
 A checkpoint is a plain dict of tensors and primitives, loadable with ``weights_only=True``: loading
-one never runs code.
+one never runs code. Its schema lives here, in :func:`save_run` and :func:`restore_run`, side by side:
+
+    step               the number of optimizer steps done (the lr is a function of it)
+    student            the student's state_dict (what ``clipdistill export`` and a teacher read)
+    objective          the objective's: projection heads, learnable scales
+    optimizer          AdamW's state
+    rng                torch's CPU RNG state
+    bad_data           the run's skipped-sample counts over all ranks (BadDataTally.state)
+    skipped_nonfinite  steps skipped for a non-finite loss (train.skip_nonfinite)
+    config             the resolved config (its student section rebuilds the architecture)
 """
 from __future__ import annotations
 
 import logging
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from clipdistill.atomic import write_atomic
 from clipdistill.errors import UserError
+from clipdistill.train.optim import load_optimizer_state
 
 _NAME = re.compile(r"step_(\d+)\.pt$")
 
@@ -89,3 +100,51 @@ def load(path: Path) -> dict:
 
 def _first_line(err: Exception) -> str:
     return (str(err).splitlines() or [type(err).__name__])[0]
+
+
+@dataclass
+class Restored:
+    """What a resumed run continues from, besides the weights and moments restored in place."""
+
+    path: Path
+    step: int
+    bad_data: dict
+    skipped_nonfinite: int
+
+
+def save_run(directory: Path, *, step: int, distiller, optimizer, bad_data: dict, skipped_nonfinite: int,
+             config: dict, keep: int) -> Path:
+    """Write the run's state at ``step`` (call on the main rank only)."""
+    state = {"step": step, "student": distiller.student.state_dict(), "objective": distiller.objective.state_dict(),
+             "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "bad_data": bad_data,
+             "skipped_nonfinite": skipped_nonfinite, "config": config}
+    return save(state, directory, step, keep=keep)
+
+
+def restore_run(resume: str, directory: Path, distiller, optimizer) -> Restored | None:
+    """Load the checkpoint ``resume`` names into ``distiller`` and ``optimizer`` (and torch's RNG).
+
+    None when there is nothing to resume from (``resume`` empty, or ``latest`` in a new run).
+    A checkpoint of another architecture is one line naming both.
+    """
+    found = load_resume(resume, directory)
+    if found is None:
+        return None
+    path, state = found
+    _load_weights(distiller, state, path)
+    load_optimizer_state(optimizer, state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    return Restored(path=path, step=state["step"], bad_data=state["bad_data"],
+                    skipped_nonfinite=state.get("skipped_nonfinite", 0))
+
+
+def _load_weights(distiller, state: dict, path: Path) -> None:
+    try:
+        distiller.student.load_state_dict(state["student"])
+        distiller.objective.load_state_dict(state["objective"])
+    except RuntimeError as err:  # torch lists every mismatching key over many lines
+        saved = (state.get("config") or {}).get("student", {}).get("model", "?")
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), _first_line(err))
+        raise UserError(f"cannot resume from {path}: it holds a student of architecture {saved!r} (or other loss "
+                        f"heads) that does not fit this run's ({detail[:160]}); resume with the config it was "
+                        f"trained with, or start a new run directory") from None

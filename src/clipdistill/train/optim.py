@@ -56,13 +56,15 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
                                                              dtype=torch.float32)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup to the base lr, then cosine decay to 0 at ``total_steps``."""
+def warmup_cosine(step: int, *, base_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based): linear warmup to ``base_lr``, then cosine
+    decay to 0 at ``total_steps``. A pure function of the step: a resumed or skipped step needs no state."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

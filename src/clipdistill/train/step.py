@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from contextlib import nullcontext
 
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 from clipdistill import distributed
 from clipdistill.embeddings import Embeddings
 from clipdistill.errors import UserError
+from clipdistill.train.optim import set_lr
 
 log = logging.getLogger("clipdistill.train")
 
@@ -92,15 +92,15 @@ def _check_finite(total: torch.Tensor, terms: dict, step: int) -> None:
 class NonFiniteSkips:
     """``train.skip_nonfinite``: up to ``limit`` steps with a non-finite loss are skipped, not fatal.
 
-    A skipped step uses up its batch and advances the lr schedule (lr stays a function of the step
-    number), but applies no update: weights and optimizer moments stay as they were. ``skipped``
+    A skipped step uses up its batch and its step number (the lr is a function of the step number),
+    but applies no update: weights and optimizer moments stay as they were. ``skipped``
     counts over the whole run (it is saved in checkpoints), so a resume does not reset the limit.
     """
 
     def __init__(self, limit: int, skipped: int = 0):
         self.limit, self.skipped = limit, skipped
 
-    def skip(self, err: NonFiniteLoss, scheduler) -> None:
+    def skip(self, err: NonFiniteLoss) -> None:
         """Count and log the skipped step, or re-raise once ``limit`` steps have been skipped."""
         if self.skipped >= self.limit:
             if self.limit:
@@ -108,9 +108,6 @@ class NonFiniteSkips:
             raise err
         self.skipped += 1
         log.warning("%s", str(err).split(";")[0] + f"; step skipped ({self.skipped} of at most {self.limit})")
-        with warnings.catch_warnings():  # torch warns when the schedule moves before the optimizer ever stepped
-            warnings.simplefilter("ignore", UserWarning)
-            scheduler.step()
 
 
 def accumulate_gradients(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor,
@@ -149,10 +146,10 @@ def accumulate_gradients(model: nn.Module, images: torch.Tensor, tokens: torch.T
     return total.detach(), terms
 
 
-def train_step(model: nn.Module, batch: dict, teacher_embeddings: Embeddings | None, *, optimizer, scheduler,
+def train_step(model: nn.Module, batch: dict, teacher_embeddings: Embeddings | None, *, optimizer, lr: float,
                device: torch.device, precision: str, grad_clip: float, step: int,
                accum_steps: int = 1) -> tuple[torch.Tensor, dict]:
-    """Forward, backward (accumulated over micro-batches if asked), clip, update.
+    """Forward, backward (accumulated over micro-batches if asked), clip, update at learning rate ``lr``.
 
     Returns (total loss, {term: value}).
     """
@@ -164,8 +161,8 @@ def train_step(model: nn.Module, batch: dict, teacher_embeddings: Embeddings | N
     if grad_clip > 0:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    set_lr(optimizer, lr)
     optimizer.step()
-    scheduler.step()
     _clamp_logit_scale(model)
     return total.detach(), terms
 
