@@ -121,8 +121,7 @@ def build_parts(cfg: config_lib.Config, ctx) -> Parts:
     model = distiller
     if ctx.world_size > 1:
         # find_unused_parameters: KD-only objectives (fd, icl, ...) leave the student's logit scale unused,
-        # and DDP would otherwise skip reducing the bucket holding it. (Its warning when all are used is noise.)
-        warnings.filterwarnings("ignore", message=".*find_unused_parameters=True.*")
+        # and DDP would otherwise skip reducing the bucket holding it.
         model = DistributedDataParallel(distiller, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
                                         find_unused_parameters=True)
     o = cfg.optim

@@ -1,0 +1,38 @@
+"""Threads and DataLoader workers are sized to the cores a process may use, unless the user decided."""
+import os
+
+import pytest
+import torch
+
+from clipdistill import threads
+
+
+@pytest.fixture
+def four_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_cores_less_workers(four_cores):
+    assert threads.configure_threads(0, workers=1) == (3, "4 cores less 1 DataLoader workers")
+    assert torch.get_num_threads() == 3
+    assert threads.configure_threads(0, workers=6)[0] == 1  # never below one
+    assert threads.configure_threads(0, workers=0, processes_per_node=2)[0] == 2  # torchrun ranks share the node
+
+
+def test_the_user_decides(four_cores, monkeypatch):
+    assert threads.configure_threads(2, workers=1) == (2, "as set")
+    assert torch.get_num_threads() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    assert threads.configure_threads(0, workers=1) == (1, "from OMP_NUM_THREADS")
+
+
+def test_auto_workers_fit_the_machine(monkeypatch):
+    for cores, expected in ((1, 1), (2, 1), (4, 2), (16, 8), (64, 8)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        assert threads.dataloader_workers("auto") == expected, cores
+    assert threads.dataloader_workers(3) == 3
