@@ -132,6 +132,15 @@ def sum_across_ranks(values: list[int], device: torch.device) -> list[int]:
     return summed.tolist()
 
 
+def all_objects(value) -> list:
+    """Every rank's ``value`` (picklable), in rank order; ``[value]`` on one process."""
+    if not is_distributed():
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

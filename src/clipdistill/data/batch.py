@@ -33,8 +33,9 @@ class Batch(TypedDict, total=False):
             the tokenizers agree).
         view_index: ``(B,)`` which stored view of a teacher cache each crop replays (-1: none stored).
         teacher_stored: the cache rows gathered in the DataLoader worker (:class:`~clipdistill.targets.StoredRows`).
-    Only between a worker and :func:`~clipdistill.data.backstop.checked`:
+    Only between the workers and :class:`~clipdistill.data.loader.TrainBatches`:
         fatal: one line saying why the data cannot be read; raised in the training process.
+        position: a shard reader's stream position after this batch (exact resume on shards).
     """
 
     student_image: torch.Tensor
@@ -50,6 +51,7 @@ class Batch(TypedDict, total=False):
     view_index: torch.Tensor
     teacher_stored: dict[str, Any]
     fatal: str
+    position: dict[str, Any]
 
 
 def mix(*numbers: int) -> int:

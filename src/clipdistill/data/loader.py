@@ -24,8 +24,8 @@ from clipdistill.errors import UserError
 
 def train_batches(dataset, *, transform, tokenizers: dict[str, Callable], batch_size: int, seed: int, rank: int = 0,
                   world_size: int = 1, workers: int = 0, start_step: int = 0, keep=None,
-                  subset: int | None = None, views=None, batch_extras: Callable[[dict], dict] | None = None
-                  ) -> Iterator[Batch]:
+                  subset: int | None = None, views=None, batch_extras: Callable[[dict], dict] | None = None,
+                  resume_from: dict | None = None) -> "TrainBatches":
     """Endless training batches (:class:`~clipdistill.data.batch.Batch`) for this rank, from global step
     ``start_step`` on.
 
@@ -43,6 +43,9 @@ def train_batches(dataset, *, transform, tokenizers: dict[str, Callable], batch_
     ``batch_extras`` (batch -> dict of more entries) runs on each collated batch where it is collated,
     in the DataLoader workers: e.g. :class:`clipdistill.targets.StoredRows` gathers a teacher cache's rows
     there, off the training process. It must pickle cheaply (workers may be spawned).
+
+    ``resume_from``: what :meth:`TrainBatches.state` returned when the checkpoint was saved (shards
+    resume exactly from it; map-style data needs only ``start_step``).
     """
     if batch_size <= 0:
         raise UserError(f"batch size must be positive, got {batch_size}")
@@ -57,7 +60,36 @@ def train_batches(dataset, *, transform, tokenizers: dict[str, Callable], batch_
             raise UserError("a training subset needs a map-style dataset (synthetic, csv), not shards")
         if keep is not None:
             dataset = ShardPairs(dataset.path, dataset.shuffle_buffer, keep=KeptKeys.load(keep))
-        loader = shard_loader(dataset, **common)
+        loader = shard_loader(dataset, resume_from=resume_from, **common)
     else:
         loader = map_loader(dataset, subset=subset, keep=keep, **common)
-    return checked(loader, repr(dataset))
+    return TrainBatches(checked(loader, repr(dataset)))
+
+
+class TrainBatches:
+    """The endless iterator of training batches, which remembers where the data stream stands.
+
+    :meth:`state` (after ``k`` batches were taken) is what a checkpoint of step ``k`` stores so that a
+    resumed run reads on exactly where this one stopped: for streamed shards each reader's position
+    (``{"readers": R, "positions": {reader: (epoch, n)}}``); for map-style data nothing, since their plan
+    is a pure function of the step.
+    """
+
+    def __init__(self, batches: Iterator[Batch]):
+        self._batches = batches
+        self._positions: dict[int, tuple[int, int]] = {}
+        self._readers = 0
+
+    def __iter__(self) -> "TrainBatches":
+        return self
+
+    def __next__(self) -> Batch:
+        batch = next(self._batches)
+        position = batch.pop("position", None)
+        if position is not None:
+            self._positions[position["reader"]] = tuple(position["at"])
+            self._readers = position["readers"]
+        return batch
+
+    def state(self) -> dict:
+        return {"readers": self._readers, "positions": dict(self._positions)} if self._readers else {}

@@ -165,23 +165,30 @@ class ShardPairs:
                         rng=random.Random(f"{seed}/{epoch}/{reader}")),
         )
 
-    def stream(self, *, seed: int, reader: int, readers: int) -> Iterator[dict]:
+    def stream(self, *, seed: int, reader: int, readers: int, start: tuple[int, int] = (0, 0)) -> Iterator[dict]:
         """This reader's samples, epoch after epoch, forever.
 
-        Yields ``{"image", "caption", "key", "epoch"}`` for good samples and ``{"bad": kind, "epoch"}``
-        for unusable ones (the caller counts them). Raises UserError if a whole epoch is empty.
+        Yields ``{"image", "caption", "key", "epoch", "position"}`` for good samples and ``{"bad": kind,
+        "epoch", "position"}`` for unusable ones (the caller counts them). ``position`` is ``(epoch, n)``:
+        this item was the reader's n-th of that epoch. ``start`` (a position) resumes exactly after it: the
+        stream is a pure function of (seed, reader, readers), so the epoch is replayed up to there without
+        decoding an image. Raises UserError if a whole epoch is empty.
         """
         shard_errors = _ShardErrors()
-        for epoch in range(2**62):
+        start_epoch, skip = start
+        for epoch in range(start_epoch, 2**62):
             seen = 0
             for raw in self._epoch_pipeline(epoch, seed, reader, readers, shard_errors):
                 seen += 1
+                if epoch == start_epoch and seen <= skip:  # before the resume point: already trained on
+                    shard_errors.drain()
+                    continue
                 yield from self._unreadable(shard_errors, epoch)
                 try:
                     item = {**to_pair(raw), "epoch": epoch}
                 except BadSample as bad:
                     item = {"bad": bad.kind, "detail": bad.detail, "epoch": epoch}
-                yield item
+                yield {**item, "position": (epoch, seen)}
             yield from self._unreadable(shard_errors, epoch)
             if seen == 0:
                 kept = " that data.keep keeps" if self.keep is not None else ""

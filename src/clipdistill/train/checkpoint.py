@@ -10,6 +10,7 @@ one never runs code. Its schema lives here, in :func:`save_run` and :func:`resto
     rng                torch's CPU RNG state
     bad_data           the run's skipped-sample counts over all ranks (BadDataTally.state)
     skipped_nonfinite  steps skipped for a non-finite loss (train.skip_nonfinite)
+    data               where the data stream stands (TrainBatches.state, every rank's shard readers)
     config             the resolved config (its student section rebuilds the architecture)
 """
 from __future__ import annotations
@@ -110,14 +111,15 @@ class Restored:
     step: int
     bad_data: dict
     skipped_nonfinite: int
+    data: dict
 
 
 def save_run(directory: Path, *, step: int, distiller, optimizer, bad_data: dict, skipped_nonfinite: int,
-             config: dict, keep: int) -> Path:
+             data: dict, config: dict, keep: int) -> Path:
     """Write the run's state at ``step`` (call on the main rank only)."""
     state = {"step": step, "student": distiller.student.state_dict(), "objective": distiller.objective.state_dict(),
              "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "bad_data": bad_data,
-             "skipped_nonfinite": skipped_nonfinite, "config": config}
+             "skipped_nonfinite": skipped_nonfinite, "data": data, "config": config}
     return save(state, directory, step, keep=keep)
 
 
@@ -135,7 +137,7 @@ def restore_run(resume: str, directory: Path, distiller, optimizer) -> Restored 
     load_optimizer_state(optimizer, state["optimizer"])
     torch.set_rng_state(state["rng"])
     return Restored(path=path, step=state["step"], bad_data=state["bad_data"],
-                    skipped_nonfinite=state.get("skipped_nonfinite", 0))
+                    skipped_nonfinite=state.get("skipped_nonfinite", 0), data=state.get("data", {}))
 
 
 def _load_weights(distiller, state: dict, path: Path) -> None:

@@ -70,7 +70,7 @@ def run(cfg: config_lib.Config, out_dir: str | Path, overwrite: bool = False) ->
     dataset = build.dataset_from(cfg.data)
     if hasattr(dataset, "bad"):  # rows a CSV dropped while being read: counted, judged against its size
         tally.add_listed(dataset.bad, usable=len(dataset))
-    batches = build_batches(cfg, dataset, parts, ctx, workers, start_step)
+    batches = build_batches(cfg, dataset, parts, ctx, workers, start_step, restored.data if restored else None)
     evaluator = build_evaluator(cfg, parts)
     if ctx.is_main:
         log.info("%s", banner(cfg, out_dir, ctx, parts, dataset, workers, threads))
@@ -129,7 +129,8 @@ def build_parts(cfg: config_lib.Config, ctx) -> Parts:
     return Parts(student, targets, distiller, model, optimizer)
 
 
-def build_batches(cfg: config_lib.Config, dataset, parts: Parts, ctx, workers: int, start_step: int):
+def build_batches(cfg: config_lib.Config, dataset, parts: Parts, ctx, workers: int, start_step: int,
+                  resume_from: dict | None):
     """One crop per sample, rendered for each model; its captions tokenized for each model."""
     needs = parts.targets.loader_needs(parts.student) if parts.targets is not None else None
     specs = {"student_image": parts.student.image_spec, **(needs.specs if needs else {})}
@@ -138,7 +139,8 @@ def build_batches(cfg: config_lib.Config, dataset, parts: Parts, ctx, workers: i
     return train_batches(dataset, transform=transform, tokenizers=tokenizers, batch_size=cfg.train.batch_size,
                          seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size, workers=workers,
                          start_step=start_step, subset=cfg.data.subset or None, keep=cfg.data.keep or None,
-                         views=needs.views if needs else None, batch_extras=needs.batch_extras if needs else None)
+                         views=needs.views if needs else None, batch_extras=needs.batch_extras if needs else None,
+                         resume_from=resume_from)
 
 
 def build_evaluator(cfg: config_lib.Config, parts: Parts) -> Evaluator:
@@ -187,7 +189,7 @@ def train(cfg: config_lib.Config, ctx, parts: Parts, batches, tally: BadDataTall
             evaluate(evaluator, parts.student, ctx, metrics_log, done)
 
         if done % cfg.train.save_every == 0 or done == cfg.train.steps:
-            save(out_dir, cfg, done, parts, tally, nonfinite, ctx)
+            save(out_dir, cfg, done, parts, tally, nonfinite, batches.state(), ctx)
     progress.close()
 
 
@@ -210,10 +212,11 @@ def evaluate(evaluator: Evaluator, student, ctx, metrics_log: MetricsLog, step: 
 
 
 def save(out_dir: Path, cfg: config_lib.Config, step: int, parts: Parts, tally: BadDataTally,
-         nonfinite: NonFiniteSkips, ctx) -> None:
+         nonfinite: NonFiniteSkips, data_state: dict, ctx) -> None:
+    data_state = _merged(distributed.all_objects(data_state))  # every rank's shard readers
     if ctx.is_main:
         checkpoint.save_run(out_dir / "checkpoints", step=step, distiller=parts.distiller, optimizer=parts.optimizer,
-                            bad_data=tally.state(), skipped_nonfinite=nonfinite.skipped,
+                            bad_data=tally.state(), skipped_nonfinite=nonfinite.skipped, data=data_state,
                             config=config_lib.to_dict(cfg), keep=cfg.train.keep_checkpoints)
     distributed.barrier()
 
@@ -230,6 +233,12 @@ def finish(results: dict, tally: BadDataTally, ctx, out_dir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------- helpers
+
+def _merged(states: list[dict]) -> dict:
+    """One data state from every rank's: their shard readers are disjoint."""
+    positions = {reader: at for state in states for reader, at in state.get("positions", {}).items()}
+    return {"readers": states[0]["readers"], "positions": positions} if positions else {}
+
 
 def _local_loss(cfg: config_lib.Config, ctx) -> bool:
     """``train.local_loss``: each rank computes its own rows against the global batch (memory linear in
