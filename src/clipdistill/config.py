@@ -102,6 +102,7 @@ class TrainConfig:
     # local rows x global columns in every contrastive term (logit memory linear in the global batch):
     # true | false | auto (on when there is more than one rank)
     local_loss: Union[bool, str] = "auto"
+    compile: str = "off"  # torch.compile: off | student | all (student and objective); falls back to eager
 
 
 @dataclass

@@ -30,6 +30,7 @@ from clipdistill.errors import UserError
 from clipdistill.threads import configure_threads, dataloader_workers
 from clipdistill.train import checkpoint, run_dir
 from clipdistill.train.bad_data import BadDataTally
+from clipdistill.train.compiling import compile_distiller
 from clipdistill.train.evaluation import Evaluator
 from clipdistill.train.metrics_log import MetricsLog
 from clipdistill.train.optim import build_optimizer, warmup_cosine
@@ -118,6 +119,7 @@ def build_parts(cfg: config_lib.Config, ctx) -> Parts:
     if objective.student_patch_dropout:  # mfd: the student's image tower trains on a share of its patches
         student.drop_patches(objective.student_patch_dropout)
     distiller = Distiller(student.model, objective).to(ctx.device)
+    compile_distiller(distiller, cfg.train.compile)
     model = distiller
     if ctx.world_size > 1:
         # find_unused_parameters: KD-only objectives (fd, icl, ...) leave the student's logit scale unused,
