@@ -6,8 +6,10 @@ from torch import nn
 
 from clipdistill.embeddings import Embeddings
 from clipdistill.losses.functional import relation_loss, soft_cross_entropy
+from clipdistill.losses.registry import register
 
 
+@register("affinity")
 class AffinityLoss(nn.Module):
     """Mimic the teacher's image-to-text and text-to-image affinities under one fixed shared scale.
 
@@ -21,6 +23,8 @@ class AffinityLoss(nn.Module):
     Args:
         scale: the shared multiplicative scale s (default 100, CLIP's trained ceiling).
     """
+
+    needs_teacher = True
 
     def __init__(self, scale: float = 100.0):
         super().__init__()

@@ -6,8 +6,10 @@ from torch import nn
 
 from clipdistill.embeddings import Embeddings
 from clipdistill.losses.functional import kl_rows, relation_loss
+from clipdistill.losses.registry import register
 
 
+@register("crd")
 class CRDLoss(nn.Module):
     """Match the student's image–text similarity distribution to the teacher's.
 
@@ -21,6 +23,8 @@ class CRDLoss(nn.Module):
         temperature: KD temperature T (CLIP-KD uses 1). The T² factor keeps gradient magnitudes
             comparable across temperatures (Hinton et al. 2015).
     """
+
+    needs_teacher = True
 
     def __init__(self, temperature: float = 1.0):
         super().__init__()

@@ -5,10 +5,12 @@ import torch
 from torch import nn
 
 from clipdistill.embeddings import Embeddings
-from clipdistill.losses.functional import kl_rows, learnable_log_scale
+from clipdistill.losses.functional import clamp_log_scale_, kl_rows, learnable_log_scale
 from clipdistill.losses.heads import TeacherSpaceProjection
+from clipdistill.losses.registry import register
 
 
+@register("cross_kd")
 class CrossKDLoss(nn.Module):
     """Match the distribution of a student anchor over the *teacher's* candidates to the teacher's own.
 
@@ -23,6 +25,8 @@ class CrossKDLoss(nn.Module):
         temperature: KD temperature T. init_scale, max_scale: κ's start and ceiling.
     """
 
+    needs_teacher = True
+
     def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None,
                  always_project: bool = False, temperature: float = 1.0, init_scale: float = 1 / 0.07,
                  max_scale: float = 100.0):
@@ -30,10 +34,15 @@ class CrossKDLoss(nn.Module):
         self.project = TeacherSpaceProjection(student_dim, teacher_dim, always_project)
         self.log_scale = learnable_log_scale(init_scale)
         self.max_scale, self.temperature = max_scale, temperature
+        self.clamp_()  # an init above the cap starts at the cap
+
+    def clamp_(self) -> None:
+        """κ ≤ max_scale, in place (the objective calls this after every optimizer step)."""
+        clamp_log_scale_(self.log_scale, self.max_scale)
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
         image, text = self.project(student, teacher)
-        kappa = self.log_scale.exp().clamp(max=self.max_scale)
+        kappa = self.log_scale.exp()  # kept ≤ max_scale by clamp_() after each step
         t = self.temperature
         r = student.rows
         image_rows = kl_rows(teacher.logit_scale * teacher.image[r] @ teacher.text.t() / t,

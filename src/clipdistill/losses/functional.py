@@ -45,6 +45,14 @@ def learnable_log_scale(init_scale: float) -> nn.Parameter:
     return nn.Parameter(torch.tensor(math.log(init_scale)))
 
 
+@torch.no_grad()
+def clamp_log_scale_(log_scale: nn.Parameter, max_scale: float) -> None:
+    """exp(log_scale) ≤ max_scale, in place: after each optimizer step (and at init), never in the forward,
+    where a clamp would zero the gradient above the cap and let the parameter drift (as open_clip
+    clamps the student's own logit scale)."""
+    log_scale.clamp_(max=math.log(max_scale))
+
+
 def relation_loss(student, teacher, row_loss, *, student_scale, teacher_scale, temperature: float = 1.0):
     """½[row_loss over image rows + row_loss over text rows]·T² between the two models' similarity logits.
 

@@ -6,6 +6,7 @@ from torch import nn
 
 from clipdistill.embeddings import Embeddings
 from clipdistill.losses.heads import TeacherSpaceProjection
+from clipdistill.losses.registry import register
 
 
 def infonce_gradients(anchors: torch.Tensor, candidates: torch.Tensor, scale: torch.Tensor):
@@ -21,6 +22,7 @@ def infonce_gradients(anchors: torch.Tensor, candidates: torch.Tensor, scale: to
     return scale * q @ candidates, scale * q.t() @ anchors
 
 
+@register("gd")
 class GDLoss(nn.Module):
     """Match the student's InfoNCE gradients to the teacher's, both directions.
 
@@ -35,6 +37,8 @@ class GDLoss(nn.Module):
     Args:
         student_dim, teacher_dim, always_project: projection heads, as in ``fd``.
     """
+
+    needs_teacher = True
 
     def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None,
                  always_project: bool = False):

@@ -6,8 +6,10 @@ from torch import nn
 
 from clipdistill.embeddings import Embeddings
 from clipdistill.losses.functional import relation_loss, soft_cross_entropy
+from clipdistill.losses.registry import register
 
 
+@register("soft_clip")
 class SoftClipLoss(nn.Module):
     """Soft cross-entropy from the teacher's similarity distribution to the student's.
 
@@ -23,6 +25,8 @@ class SoftClipLoss(nn.Module):
         temperature: KD temperature T; the T² factor (absent in open_clip, equal to 1 at T = 1) keeps
             gradient magnitudes comparable across temperatures.
     """
+
+    needs_teacher = True
 
     def __init__(self, temperature: float = 1.0):
         super().__init__()
