@@ -22,6 +22,10 @@ class CIDInstanceLoss(nn.Module):
     term from CLIP-KD's ICL (the paper does not release code; we document this reading in docs/clip_cid.md).
     Shapes: student (N, D_s) raw, teacher (N, D_t) normalized.
 
+    Scales: only the learnable κ (student-vs-teacher cosines with hard diagonal labels). No teacher
+    distribution is formed, so the teacher's scale never enters and a sigmoid teacher needs no
+    ``teacher_scale`` here (the term has none: a parameter without effect would mislead).
+
     Args:
         student_dim, teacher_dim, always_project: projection heads, as in ``fd``.
         intra_modal: add the image→teacher-image and text→teacher-text terms.

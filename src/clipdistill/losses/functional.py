@@ -28,6 +28,11 @@ def symmetric_infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
     return 0.5 * (infonce(a, b, scale, rows) + infonce(b, a, scale, rows))
 
 
+def sigmoid_logits(images: torch.Tensor, texts: torch.Tensor, scale, bias) -> torch.Tensor:
+    """scale · images textsᵀ + bias: the (rows, N) logits of a sigmoid-trained model (SigLIP)."""
+    return scale * images @ texts.t() + bias
+
+
 def kl_rows(target_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
     """KL(σ(target) ‖ σ(student)) per row, averaged over rows (σ = row softmax)."""
     target_logp = F.log_softmax(target_logits, dim=1)
@@ -38,6 +43,12 @@ def kl_rows(target_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.
 def soft_cross_entropy(target_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
     """H(σ(target), σ(student)) = −Σ_j p_j log q_j per row, averaged over rows."""
     return -(target_logits.softmax(dim=1) * F.log_softmax(student_logits, dim=1)).sum(dim=1).mean()
+
+
+def teacher_temperature(override: float | None, teacher) -> torch.Tensor | float:
+    """The teacher's softmax scale τ_t: ``override`` when given (a sigmoid teacher's learned scale is
+    not a softmax temperature), else the teacher's own ``logit_scale``."""
+    return teacher.logit_scale if override is None else override
 
 
 def learnable_log_scale(init_scale: float) -> nn.Parameter:
