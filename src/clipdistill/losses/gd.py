@@ -17,9 +17,15 @@ def infonce_gradients(anchors: torch.Tensor, candidates: torch.Tensor, scale: to
     ∂P = τ Q K / N and ∂K = τ Qᵀ P / N. We return N·∂P and N·∂K, the gradients of the *sum* over
     anchors, so the loss scale does not depend on the batch size. Two (N, N)×(N, D) matmuls: never
     an N×D×N tensor (the reference code builds one).
+
+    The diagonal of Q is computed as −Σ_{j≠i} p_ij, not p_ii − 1: for a confident model (a teacher
+    at τ = 50) p_ii rounds to 1 in fp32 while the off-diagonal p_ij stay ~1e-9, so p_ii − 1 = 0 would
+    drop the −k_i term and turn the gradient's direction (all that ``gd`` compares) around.
     """
     z = scale * anchors @ candidates.t()
-    q = z.softmax(dim=1) - torch.eye(z.shape[0], device=z.device, dtype=z.dtype)
+    eye = torch.eye(z.shape[0], device=z.device, dtype=torch.bool)
+    off_diagonal = z.softmax(dim=1).masked_fill(eye, 0.0)
+    q = off_diagonal - torch.diag_embed(off_diagonal.sum(dim=1))
     return scale * q @ candidates, scale * q.t() @ anchors
 
 
