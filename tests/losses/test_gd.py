@@ -94,13 +94,13 @@ def optimise_alone(name, steps=150):
 def test_gd_alone_matches_directions_without_collapsing():
     (pair0, norm0, cos0), (pair, norm, cos) = optimise_alone("gd")
     assert abs(cos0) < 0.1
-    assert cos > 0.3  # it learns the teacher's gradient directions (measured: 0.02 -> 0.55)
+    assert cos > 0.3  # it learns the teacher's gradient directions (measured: 0.02 -> 0.65)
     assert pair < 0.5  # the student's images do not collapse onto one point ...
-    assert norm > 0.1 * norm0  # ... nor do its gradients vanish (measured: 308 -> 115)
+    assert norm > 0.1 * norm0  # ... nor do its gradients vanish (measured: 294 -> 137; pairwise cos 0.01 -> 0.08)
 
 
 def test_gd_raw_alone_reaches_its_trivial_minimiser():
     """The failure gd avoids, measured by the same toy: the test above can tell the two apart."""
     (_, norm0, _), (_, norm, cos) = optimise_alone("gd_raw")
-    assert norm < 0.01 * norm0  # gradients shrunk (measured: 308 -> 0.1) ...
-    assert abs(cos) < 0.1  # ... without matching a single direction
+    assert norm < 0.01 * norm0  # gradients shrunk (measured: 294 -> 0.13) ...
+    assert abs(cos) < 0.1  # ... without matching directions (measured: 0.02 -> 0.06)
