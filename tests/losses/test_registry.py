@@ -124,3 +124,13 @@ def test_training_with_a_loss_defined_outside_the_package(tests_pkg, tmp_path):
         assert record["loss"] == pytest.approx(record["clip"] + 2.0 * record[key], rel=1e-4)
     state = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "run" / "checkpoints")[-1])
     assert state["config"]["losses"][key] == {"weight": 2.0, "scale": 3.0}
+
+
+def test_a_reloaded_loss_module_registers_again_without_complaint():
+    # In a fresh interpreter: reloading (notebook autoreload) redefines the same class under the same name.
+    import subprocess
+    import sys
+
+    code = ("import importlib, clipdistill.losses as L, clipdistill.losses.fd as fd; "
+            "old = L.resolve('fd'); importlib.reload(fd); assert L.resolve('fd') is fd.FDLoss is not old")
+    subprocess.run([sys.executable, "-c", code], check=True)

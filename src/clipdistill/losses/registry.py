@@ -29,8 +29,10 @@ def register(name: str):
     """Class decorator: make the loss available as ``name`` (in configs, :func:`get` and :func:`names`)."""
 
     def add(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"loss name '{name}' is registered twice ({_REGISTRY[name].__name__}, {cls.__name__})")
+        taken = _REGISTRY.get(name)
+        # The same class defined again (a module reloaded) replaces itself; another class may not take the name.
+        if taken is not None and (taken.__module__, taken.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(f"loss name '{name}' is registered twice ({taken.__name__}, {cls.__name__})")
         if not isinstance(getattr(cls, "needs_teacher", None), bool):
             raise TypeError(f"loss '{name}' ({cls.__name__}) must declare needs_teacher = True or False")
         _REGISTRY[name] = cls
