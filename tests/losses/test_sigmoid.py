@@ -169,3 +169,13 @@ def test_affinity_teacher_scale_sets_the_teacher_side_only():
     assert losses.get("affinity", scale=20.0, teacher_scale=6.0)(s, t).item() == pytest.approx(expected, rel=1e-5)
     assert losses.get("affinity", scale=20.0)(s, t).item() == pytest.approx(
         losses.get("affinity", scale=20.0, teacher_scale=20.0)(s, t).item(), rel=1e-7)
+
+
+def test_the_student_bias_is_optimized_without_weight_decay():
+    from clipdistill.train.optim import build_optimizer
+
+    student = build_student("tiny").model
+    distiller = Distiller(student, build_objective({"siglip": {}}, student_dim=64, teacher_dim=None))
+    decayed, plain = build_optimizer(distiller, lr=0.1, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6).param_groups
+    assert any(p is student.logit_bias for p in plain["params"]) and plain["weight_decay"] == 0.0
+    assert not any(p is student.logit_bias for p in decayed["params"])
