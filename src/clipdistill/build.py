@@ -19,13 +19,6 @@ from clipdistill.targets import LiveTeacherTargets
 TEACHER_SOURCES = ("none", "openclip", "checkpoint", "hf", "cache")
 
 
-def needs_teacher(losses: dict) -> bool:
-    """Whether a run with these losses needs teacher embeddings."""
-    from clipdistill.losses import STUDENT_ONLY
-
-    return any(name not in STUDENT_ONLY for name in losses)
-
-
 def augmentation_from(data: config_lib.DataConfig) -> Augmentation:
     return Augmentation(scale=tuple(data.scale), hflip=data.hflip)
 

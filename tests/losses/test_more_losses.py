@@ -100,11 +100,11 @@ def test_gd_closed_form_equals_autograd():
     assert torch.allclose(closed_p, auto_p, atol=1e-5) and torch.allclose(closed_k, auto_k, atol=1e-5)
 
 
-def test_gd_zero_at_teacher_positive_elsewhere_and_multiplies_by_temperature():
+def test_gd_raw_zero_at_teacher_positive_elsewhere_and_multiplies_by_temperature():
     t = teacher_emb()
-    assert losses.get("gd")(as_student(t), t).item() < 1e-8
+    assert losses.get("gd_raw")(as_student(t), t).item() < 1e-8
     s = student_emb()
-    gd = losses.get("gd")
+    gd = losses.get("gd_raw")
     assert gd(s, t).item() > 0
     # CLIP's convention: gradients scale with τ (the reference divided by it).
     p, k = t.image, t.text
@@ -119,15 +119,4 @@ def test_mfd_declares_patch_dropout_and_checks_ratio():
         losses.get("mfd", mask_ratio=1.0)
 
 
-@pytest.mark.parametrize("name", ["crd", "fd", "mfd", "gd", "icl", "cross_kd", "afd", "soft_clip", "affinity"])
-def test_every_kd_loss_grads_student_not_teacher(name):
-    s, t = student_emb(d=8), teacher_emb(d=12)
-    t = t.with_(image=t.image.clone().requires_grad_(), text=t.text.clone().requires_grad_())
-    from clipdistill.losses.objective import build_objective
-
-    objective = build_objective({name: {}}, student_dim=8, teacher_dim=12)
-    total, terms = objective(s, t)
-    total.backward()
-    assert torch.isfinite(total)
-    assert s.image.grad is not None and s.image.grad.abs().sum() > 0
-    assert t.image.grad is None and t.text.grad is None
+# Every loss's gradient check (student yes, teacher never) enumerates losses.names(): tests/losses/test_every_loss.py

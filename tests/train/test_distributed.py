@@ -74,6 +74,19 @@ def test_two_ranks_equal_one_process(two_rank_results, case, local_loss):
         assert torch.allclose(got["grads"][name], grad, atol=1e-5), (name, (got["grads"][name] - grad).abs().max())
 
 
+@pytest.mark.parametrize("local_loss", [False, True], ids=["global", "local_loss"])
+def test_siglip_on_two_ranks_equals_open_clip_on_the_whole_batch(two_rank_results, local_loss):
+    import open_clip
+    import torch.nn.functional as F
+
+    images, tokens, _ = make_inputs()
+    with torch.no_grad():
+        whole = make_model(CASES["siglip"]).embed(images, tokens)
+        expected = open_clip.loss.SigLipLoss()(F.normalize(whole.image, dim=-1), F.normalize(whole.text, dim=-1),
+                                               whole.logit_scale, whole.logit_bias)
+    assert two_rank_results[("siglip", local_loss)]["total"].item() == pytest.approx(expected.item(), abs=1e-5)
+
+
 # --- data.max_bad_fraction under DDP: the real training loop on 2 gloo ranks, where only rank 1 skips samples.
 
 BATCH, RANK1_BAD = 16, 8  # per step: 32 good samples over both ranks, 8 skipped on rank 1 (20%; rank 1 alone: 33%)

@@ -6,10 +6,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipdistill.embeddings import Embeddings
-from clipdistill.losses.functional import learnable_log_scale, symmetric_infonce
+from clipdistill.losses.functional import clamp_log_scale_, learnable_log_scale, symmetric_infonce
 from clipdistill.losses.heads import TeacherSpaceProjection
+from clipdistill.losses.registry import register
 
 
+@register("afd")
 class AFDLoss(nn.Module):
     """Fuse each student embedding with the teacher's and train the fused features contrastively.
 
@@ -25,6 +27,8 @@ class AFDLoss(nn.Module):
         always_project: head even when D_s == D_t. init_scale, max_scale: ρ's start and ceiling.
     """
 
+    needs_teacher = True
+
     def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None,
                  always_project: bool = False, init_scale: float = 1 / 0.07, max_scale: float = 100.0):
         super().__init__()
@@ -35,10 +39,15 @@ class AFDLoss(nn.Module):
         self.fuse_text = nn.Linear(2 * teacher_dim, teacher_dim)
         self.log_scale = learnable_log_scale(init_scale)
         self.max_scale = max_scale
+        self.clamp_()  # an init above the cap starts at the cap
+
+    def clamp_(self) -> None:
+        """ρ ≤ max_scale, in place (the objective calls this after every optimizer step)."""
+        clamp_log_scale_(self.log_scale, self.max_scale)
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
         image, text = self.project(student, teacher)
         fused_image = F.normalize(self.fuse_image(torch.cat([image, teacher.image], dim=1)), dim=-1)
         fused_text = F.normalize(self.fuse_text(torch.cat([text, teacher.text], dim=1)), dim=-1)
-        rho = self.log_scale.exp().clamp(max=self.max_scale)
+        rho = self.log_scale.exp()  # kept ≤ max_scale by clamp_() after each step
         return symmetric_infonce(fused_image, fused_text, rho, student.rows)

@@ -12,6 +12,7 @@ from torch import nn
 from clipdistill.embeddings import Embeddings
 from clipdistill.errors import UserError
 from clipdistill.losses.heads import TeacherSpaceProjection
+from clipdistill.losses.registry import register
 
 
 def load_centroids(centroids: str | Path | torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -74,6 +75,7 @@ def sample_classes(labels: torch.Tensor, num_classes: int, num_sampled: int) -> 
     return torch.cat([positives, draws.to(labels.device)]), torch.searchsorted(positives, labels)
 
 
+@register("cid_cluster")
 class CIDClusterLoss(nn.Module):
     """Classify each projected student embedding into the teacher's k-means cluster, with a margin.
 
@@ -94,6 +96,8 @@ class CIDClusterLoss(nn.Module):
         student_dim, teacher_dim, always_project: projection heads, as in ``fd``.
         label_tower: ``image`` or ``text``: which teacher embedding picks y when no labels are given.
     """
+
+    needs_teacher = True
 
     def __init__(self, centroids, student_dim: int | None = None, teacher_dim: int | None = None,
                  always_project: bool = False, scale: float = 32.0, margin: float = 0.2, learnable: bool = False,

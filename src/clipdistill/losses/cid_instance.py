@@ -5,10 +5,12 @@ import torch
 from torch import nn
 
 from clipdistill.embeddings import Embeddings
-from clipdistill.losses.functional import infonce, learnable_log_scale
+from clipdistill.losses.functional import clamp_log_scale_, infonce, learnable_log_scale
 from clipdistill.losses.heads import TeacherSpaceProjection
+from clipdistill.losses.registry import register
 
 
+@register("cid_instance")
 class CIDInstanceLoss(nn.Module):
     """Each student embedding must pick out its own pair among the teacher's embeddings.
 
@@ -20,11 +22,17 @@ class CIDInstanceLoss(nn.Module):
     term from CLIP-KD's ICL (the paper does not release code; we document this reading in docs/clip_cid.md).
     Shapes: student (N, D_s) raw, teacher (N, D_t) normalized.
 
+    Scales: only the learnable κ (student-vs-teacher cosines with hard diagonal labels). No teacher
+    distribution is formed, so the teacher's scale never enters and a sigmoid teacher needs no
+    ``teacher_scale`` here (the term has none: a parameter without effect would mislead).
+
     Args:
         student_dim, teacher_dim, always_project: projection heads, as in ``fd``.
         intra_modal: add the image→teacher-image and text→teacher-text terms.
         init_scale, max_scale: κ's start and ceiling.
     """
+
+    needs_teacher = True
 
     def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None, always_project: bool = False,
                  intra_modal: bool = True, init_scale: float = 1 / 0.07, max_scale: float = 100.0):
@@ -32,10 +40,15 @@ class CIDInstanceLoss(nn.Module):
         self.project = TeacherSpaceProjection(student_dim, teacher_dim, always_project)
         self.log_scale = learnable_log_scale(init_scale)
         self.max_scale, self.intra_modal = max_scale, intra_modal
+        self.clamp_()  # an init above the cap starts at the cap
+
+    def clamp_(self) -> None:
+        """κ ≤ max_scale, in place (the objective calls this after every optimizer step)."""
+        clamp_log_scale_(self.log_scale, self.max_scale)
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
         image, text = self.project(student, teacher)
-        kappa = self.log_scale.exp().clamp(max=self.max_scale)
+        kappa = self.log_scale.exp()  # kept ≤ max_scale by clamp_() after each step
         rows = student.rows
         loss = 0.5 * (infonce(image, teacher.text, kappa, rows) + infonce(text, teacher.image, kappa, rows))
         if self.intra_modal:

@@ -7,8 +7,10 @@ from torch import nn
 
 from clipdistill.embeddings import Embeddings
 from clipdistill.losses.functional import symmetric_infonce
+from clipdistill.losses.registry import register
 
 
+@register("clip")
 class ClipLoss(nn.Module):
     """InfoNCE of the student on its own image–text pairs (Radford et al. 2021; open_clip's ClipLoss).
 
@@ -16,6 +18,8 @@ class ClipLoss(nn.Module):
     τ_s = student.logit_scale (already exponentiated). Shapes: student.image/text (N, D_s).
     The teacher is ignored (it may be None), so this is also the no-distillation baseline.
     """
+
+    needs_teacher = False
 
     def forward(self, student: Embeddings, teacher: Embeddings | None = None) -> torch.Tensor:
         image = F.normalize(student.image, dim=-1)

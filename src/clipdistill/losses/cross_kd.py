@@ -5,10 +5,12 @@ import torch
 from torch import nn
 
 from clipdistill.embeddings import Embeddings
-from clipdistill.losses.functional import kl_rows, learnable_log_scale
+from clipdistill.losses.functional import clamp_log_scale_, kl_rows, learnable_log_scale, teacher_temperature
 from clipdistill.losses.heads import TeacherSpaceProjection
+from clipdistill.losses.registry import register
 
 
+@register("cross_kd")
 class CrossKDLoss(nn.Module):
     """Match the distribution of a student anchor over the *teacher's* candidates to the teacher's own.
 
@@ -18,26 +20,39 @@ class CrossKDLoss(nn.Module):
     Where ICL uses hard labels over the teacher's candidates, this uses the teacher's soft ones.
     Shapes: student (N, D_s) raw, teacher (N, D_t) normalized.
 
+    Scales: the student side uses the learnable κ; the teacher side the teacher's own τ_t
+    (``teacher.logit_scale``) unless ``teacher_scale`` is given (set it for a sigmoid-trained teacher).
+
     Args:
         student_dim, teacher_dim, always_project: projection heads, as in ``fd``.
         temperature: KD temperature T. init_scale, max_scale: κ's start and ceiling.
+        teacher_scale: replaces τ_t (None: the teacher's own).
     """
+
+    needs_teacher = True
 
     def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None,
                  always_project: bool = False, temperature: float = 1.0, init_scale: float = 1 / 0.07,
-                 max_scale: float = 100.0):
+                 max_scale: float = 100.0, teacher_scale: float | None = None):
         super().__init__()
+        self.teacher_scale = teacher_scale
         self.project = TeacherSpaceProjection(student_dim, teacher_dim, always_project)
         self.log_scale = learnable_log_scale(init_scale)
         self.max_scale, self.temperature = max_scale, temperature
+        self.clamp_()  # an init above the cap starts at the cap
+
+    def clamp_(self) -> None:
+        """κ ≤ max_scale, in place (the objective calls this after every optimizer step)."""
+        clamp_log_scale_(self.log_scale, self.max_scale)
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
         image, text = self.project(student, teacher)
-        kappa = self.log_scale.exp().clamp(max=self.max_scale)
+        kappa = self.log_scale.exp()  # kept ≤ max_scale by clamp_() after each step
         t = self.temperature
         r = student.rows
-        image_rows = kl_rows(teacher.logit_scale * teacher.image[r] @ teacher.text.t() / t,
+        tau = teacher_temperature(self.teacher_scale, teacher)
+        image_rows = kl_rows(tau * teacher.image[r] @ teacher.text.t() / t,
                              kappa * image[r] @ teacher.text.t() / t)
-        text_rows = kl_rows(teacher.logit_scale * teacher.text[r] @ teacher.image.t() / t,
+        text_rows = kl_rows(tau * teacher.text[r] @ teacher.image.t() / t,
                             kappa * text[r] @ teacher.image.t() / t)
         return 0.5 * (image_rows + text_rows) * t * t

@@ -6,8 +6,10 @@ from torch import nn
 
 from clipdistill.embeddings import Embeddings
 from clipdistill.losses.heads import TeacherSpaceProjection
+from clipdistill.losses.registry import register
 
 
+@register("fd")
 class FDLoss(nn.Module):
     """Pull each projected student embedding onto the teacher's.
 
@@ -21,6 +23,8 @@ class FDLoss(nn.Module):
         student_dim, teacher_dim: learn a linear head P per tower when they differ.
         always_project: learn P even when the dims agree.
     """
+
+    needs_teacher = True
 
     def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None,
                  always_project: bool = False):

@@ -28,6 +28,11 @@ def symmetric_infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
     return 0.5 * (infonce(a, b, scale, rows) + infonce(b, a, scale, rows))
 
 
+def sigmoid_logits(images: torch.Tensor, texts: torch.Tensor, scale, bias) -> torch.Tensor:
+    """scale · images textsᵀ + bias: the (rows, N) logits of a sigmoid-trained model (SigLIP)."""
+    return scale * images @ texts.t() + bias
+
+
 def kl_rows(target_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
     """KL(σ(target) ‖ σ(student)) per row, averaged over rows (σ = row softmax)."""
     target_logp = F.log_softmax(target_logits, dim=1)
@@ -40,9 +45,23 @@ def soft_cross_entropy(target_logits: torch.Tensor, student_logits: torch.Tensor
     return -(target_logits.softmax(dim=1) * F.log_softmax(student_logits, dim=1)).sum(dim=1).mean()
 
 
+def teacher_temperature(override: float | None, teacher) -> torch.Tensor | float:
+    """The teacher's softmax scale τ_t: ``override`` when given (a sigmoid teacher's learned scale is
+    not a softmax temperature), else the teacher's own ``logit_scale``."""
+    return teacher.logit_scale if override is None else override
+
+
 def learnable_log_scale(init_scale: float) -> nn.Parameter:
     """A scalar parameter holding log(scale); the scale itself is exp() of it, as in CLIP."""
     return nn.Parameter(torch.tensor(math.log(init_scale)))
+
+
+@torch.no_grad()
+def clamp_log_scale_(log_scale: nn.Parameter, max_scale: float) -> None:
+    """exp(log_scale) ≤ max_scale, in place: after each optimizer step (and at init), never in the forward,
+    where a clamp would zero the gradient above the cap and let the parameter drift (as open_clip
+    clamps the student's own logit scale)."""
+    log_scale.clamp_(max=math.log(max_scale))
 
 
 def relation_loss(student, teacher, row_loss, *, student_scale, teacher_scale, temperature: float = 1.0):

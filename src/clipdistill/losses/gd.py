@@ -1,11 +1,13 @@
-"""gd: gradient distillation (CLIP-KD, Yang et al. CVPR 2024, Sec. 3.3)."""
+"""gd: gradient distillation (CLIP-KD, Yang et al. CVPR 2024, Sec. 3.3), matching directions."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clipdistill.embeddings import Embeddings
 from clipdistill.losses.heads import TeacherSpaceProjection
+from clipdistill.losses.registry import register
 
 
 def infonce_gradients(anchors: torch.Tensor, candidates: torch.Tensor, scale: torch.Tensor):
@@ -15,26 +17,40 @@ def infonce_gradients(anchors: torch.Tensor, candidates: torch.Tensor, scale: to
     ∂P = τ Q K / N and ∂K = τ Qᵀ P / N. We return N·∂P and N·∂K, the gradients of the *sum* over
     anchors, so the loss scale does not depend on the batch size. Two (N, N)×(N, D) matmuls: never
     an N×D×N tensor (the reference code builds one).
+
+    The diagonal of Q is computed as −Σ_{j≠i} p_ij, not p_ii − 1: for a confident model (a teacher
+    at τ = 50) p_ii rounds to 1 in fp32 while the off-diagonal p_ij stay ~1e-9, so p_ii − 1 = 0 would
+    drop the −k_i term and turn the gradient's direction (all that ``gd`` compares) around.
     """
     z = scale * anchors @ candidates.t()
-    q = z.softmax(dim=1) - torch.eye(z.shape[0], device=z.device, dtype=z.dtype)
+    eye = torch.eye(z.shape[0], device=z.device, dtype=torch.bool)
+    off_diagonal = z.softmax(dim=1).masked_fill(eye, 0.0)
+    q = off_diagonal - torch.diag_embed(off_diagonal.sum(dim=1))
     return scale * q @ candidates, scale * q.t() @ anchors
 
 
+@register("gd")
 class GDLoss(nn.Module):
-    """Match the student's InfoNCE gradients to the teacher's, both directions.
+    """Match the *direction* of each sample's InfoNCE gradient to the teacher's, both directions.
 
     For (P, K) = (ŝ_v, ŝ_t) [image anchors] and (ŝ_t, ŝ_v) [text anchors], with the teacher's
-    (t_v, t_t) likewise: loss = ¼ Σ over the four gradient matrices of mean_i ‖g_s,i − g_t,i‖².
-    ŝ = normalize(P(s)) (heads when D_s ≠ D_t) so the gradients live in one space. The student's
-    temperature multiplies (CLIP's convention: τ = exp(logit_scale)); the reference divided by it.
-    Shapes: student (N, D_s) raw, teacher (N, D_t) normalized. The weight needs tuning (τ² scaling).
-    In local_loss mode GD still computes the global batch: ∂K sums over every anchor's row of Q.
-    That is exact (each rank's copy sends the gradient of the global value), only not memory-saving.
+    (t_v, t_t) likewise, g = the per-sample gradients of :func:`infonce_gradients` (w.r.t. anchors
+    and candidates): loss = ¼ Σ over the four gradient matrices of mean_i [1 − cos(g_s,i, g_t,i)].
+
+    Why directions (issue 18): the squared error of the raw gradients (``gd_raw``) is minimised by
+    shrinking the student's gradients (collapse its embeddings) rather than matching them, and it grows
+    with N·τ². A cosine cannot be lowered by shrinking, lies in [0, 2] whatever N, τ or D, and is 0
+    only where every gradient points the teacher's way. The student's temperature is detached inside
+    GD, so GD cannot move it to reshape its gradients either (the task loss owns it). ŝ = normalize(P(s))
+    (heads when D_s ≠ D_t) so the gradients live in one space; CLIP's convention: τ multiplies (the
+    reference divided by it). Shapes: student (N, D_s) raw, teacher (N, D_t) normalized.
+    In local_loss mode GD still computes the global batch (exact, only not memory-saving).
 
     Args:
         student_dim, teacher_dim, always_project: projection heads, as in ``fd``.
     """
+
+    needs_teacher = True
 
     def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None,
                  always_project: bool = False):
@@ -43,11 +59,12 @@ class GDLoss(nn.Module):
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
         image, text = self.project(student, teacher)
+        student_scale = student.logit_scale.detach()
         total = image.new_zeros(())
         for (s_p, s_k), (t_p, t_k) in (((image, text), (teacher.image, teacher.text)),
                                        ((text, image), (teacher.text, teacher.image))):
-            student_grads = infonce_gradients(s_p, s_k, student.logit_scale)
+            student_grads = infonce_gradients(s_p, s_k, student_scale)
             teacher_grads = infonce_gradients(t_p, t_k, teacher.logit_scale)
             for g_s, g_t in zip(student_grads, teacher_grads):
-                total = total + (g_s - g_t.detach()).pow(2).sum(dim=1).mean()
+                total = total + (1 - F.cosine_similarity(g_s, g_t.detach(), dim=1, eps=1e-12)).mean()
         return total / 4

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from clipdistill.losses.fd import FDLoss
+from clipdistill.losses.registry import register
 
 
+@register("mfd")
 class MFDLoss(FDLoss):
     """FD where the student's image tower sees only a random ``1 − mask_ratio`` of its patches.
 
@@ -19,6 +21,8 @@ class MFDLoss(FDLoss):
     Args:
         mask_ratio: fraction of patches dropped (CLIP-KD: 0.75). Others as in ``fd``.
     """
+
+    needs_teacher = True
 
     def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None,
                  always_project: bool = False, mask_ratio: float = 0.75):

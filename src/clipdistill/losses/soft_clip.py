@@ -5,9 +5,11 @@ import torch
 from torch import nn
 
 from clipdistill.embeddings import Embeddings
-from clipdistill.losses.functional import relation_loss, soft_cross_entropy
+from clipdistill.losses.functional import relation_loss, soft_cross_entropy, teacher_temperature
+from clipdistill.losses.registry import register
 
 
+@register("soft_clip")
 class SoftClipLoss(nn.Module):
     """Soft cross-entropy from the teacher's similarity distribution to the student's.
 
@@ -19,15 +21,22 @@ class SoftClipLoss(nn.Module):
     entropy, a constant, so gradients agree; the logged value does not go to 0.
     Shapes: student (N, D_s) raw, teacher (N, D_t) normalized.
 
+    Scales: the student side uses the student's own τ_s; the teacher side the teacher's own τ_t
+    (``teacher.logit_scale``) unless ``teacher_scale`` is given (set it for a sigmoid-trained teacher).
+
     Args:
         temperature: KD temperature T; the T² factor (absent in open_clip, equal to 1 at T = 1) keeps
             gradient magnitudes comparable across temperatures.
+        teacher_scale: replaces τ_t (None: the teacher's own).
     """
 
-    def __init__(self, temperature: float = 1.0):
+    needs_teacher = True
+
+    def __init__(self, temperature: float = 1.0, teacher_scale: float | None = None):
         super().__init__()
-        self.temperature = temperature
+        self.temperature, self.teacher_scale = temperature, teacher_scale
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
         return relation_loss(student, teacher, soft_cross_entropy, student_scale=student.logit_scale,
-                             teacher_scale=teacher.logit_scale, temperature=self.temperature)
+                             teacher_scale=teacher_temperature(self.teacher_scale, teacher),
+                             temperature=self.temperature)

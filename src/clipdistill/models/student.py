@@ -93,6 +93,16 @@ def build_student(model: str | dict, pretrained: str = "", patch_dropout: float 
     return student
 
 
+def add_logit_bias(model: nn.Module, init: float = -10.0) -> None:
+    """Give ``model`` a learnable logit bias (sigmoid losses), unless it already has one.
+
+    It lives in open_clip's own ``logit_bias`` attribute, a 0-d Parameter as open_clip's
+    ``init_logit_bias`` creates it (SigLIP: −10), so the student's state_dict carries it.
+    """
+    if getattr(model, "logit_bias", None) is None:
+        model.logit_bias = nn.Parameter(torch.tensor(float(init)))
+
+
 def image_spec_of(model: nn.Module) -> ImageSpec:
     """The ImageSpec open_clip attached to ``model`` (its preprocess cfg)."""
     cfg = open_clip.get_model_preprocess_cfg(model)

@@ -27,6 +27,7 @@ from clipdistill.atomic import write_text_atomic
 from clipdistill.data import train_batches
 from clipdistill.data.transforms import PairedTransform
 from clipdistill.errors import UserError
+from clipdistill.losses import needs_teacher
 from clipdistill.threads import configure_threads, dataloader_workers
 from clipdistill.train import checkpoint, run_dir
 from clipdistill.train.bad_data import BadDataTally
@@ -113,7 +114,7 @@ def choose_workers_and_threads(cfg: config_lib.Config, ctx) -> tuple[int, tuple[
 def build_parts(cfg: config_lib.Config, ctx) -> Parts:
     """The student, where its teacher's embeddings come from, the objective, DDP and the optimizer."""
     targets = build.targets_from(cfg.teacher, build.augmentation_from(cfg.data), ctx.device) \
-        if build.needs_teacher(cfg.losses) else None
+        if needs_teacher(cfg.losses) else None
     student = build.student_from(cfg.student)
     objective = build.objective_from(cfg.losses, student, targets, local_loss=_local_loss(cfg, ctx))
     if objective.student_patch_dropout:  # mfd: the student's image tower trains on a share of its patches

@@ -12,6 +12,7 @@ from torch import nn
 from clipdistill import distributed
 from clipdistill.embeddings import Embeddings
 from clipdistill.errors import UserError
+from clipdistill.models.student import add_logit_bias
 from clipdistill.train.optim import set_lr
 
 log = logging.getLogger("clipdistill.train")
@@ -28,6 +29,8 @@ class Distiller(nn.Module):
         super().__init__()
         self.student = student
         self.objective = objective
+        if getattr(objective, "student_logit_bias", None) is not None:  # a sigmoid task loss (siglip)
+            add_logit_bias(student, objective.student_logit_bias)
 
     def embed(self, images: torch.Tensor, tokens: torch.Tensor) -> Embeddings:
         """The student's raw embeddings (what every loss receives)."""
@@ -35,6 +38,7 @@ class Distiller(nn.Module):
             image=self.student.encode_image(images, normalize=False),
             text=self.student.encode_text(tokens, normalize=False),
             logit_scale=self.student.logit_scale.exp(),
+            logit_bias=getattr(self.student, "logit_bias", None),
         )
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, teacher: Embeddings | None,
@@ -49,7 +53,7 @@ class Distiller(nn.Module):
         if context is not None:
             student = context.with_(image=_splice(context.image, student.image, rows),
                                     text=_splice(context.text, student.text, rows),
-                                    logit_scale=student.logit_scale)
+                                    logit_scale=student.logit_scale, logit_bias=student.logit_bias)
         return self.objective(student, teacher)
 
 
@@ -140,7 +144,8 @@ def accumulate_gradients(model: nn.Module, images: torch.Tensor, tokens: torch.T
             total, terms = model(i, t, teacher, context=context, rows=rows)
         _check_finite(total, terms, step)
         total.backward()
-    for p in [*distiller.objective.parameters(), distiller.student.logit_scale]:
+    bias = getattr(distiller.student, "logit_bias", None)
+    for p in [*distiller.objective.parameters(), distiller.student.logit_scale, *([bias] if bias is not None else [])]:
         if p.grad is not None:
             p.grad /= accum_steps
     return total.detach(), terms
@@ -164,6 +169,7 @@ def train_step(model: nn.Module, batch: dict, teacher_embeddings: Embeddings | N
     set_lr(optimizer, lr)
     optimizer.step()
     _clamp_logit_scale(model)
+    _unwrap(model).objective.clamp_scales_()  # the losses' learnable scales, likewise in place
     return total.detach(), terms
 
 
