@@ -44,13 +44,14 @@ def assert_same_training(a, b):
         torch.testing.assert_close(final(b)["student"][key], value, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["student", "all"])
+@pytest.mark.parametrize("mode", [pytest.param("student", marks=pytest.mark.slow), "all"])
 def test_compiled_training_equals_eager_with_accumulation(tmp_path, mode):
     run(config_lib.load(None, TINY_KD + ["train.accum_steps=2"]), tmp_path / "eager")
     run(config_lib.load(None, TINY_KD + ["train.accum_steps=2", f"train.compile={mode}"]), tmp_path / mode)
     assert_same_training(tmp_path / mode, tmp_path / "eager")
 
 
+@pytest.mark.slow
 def test_compiled_run_resumes(tmp_path):
     run(config_lib.load(None, TINY_KD + ["train.compile=all"]), tmp_path / "continuous")
     run(config_lib.load(None, TINY_KD + ["train.compile=all"]), tmp_path / "resumed")
