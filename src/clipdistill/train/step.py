@@ -122,7 +122,9 @@ def accumulate_gradients(model: nn.Module, images: torch.Tensor, tokens: torch.T
     Exact for every term: a no-grad pass embeds the whole batch; then each micro-batch is embedded
     again with grad and spliced into those embeddings, so each backward sends the full-batch loss's
     gradient through that micro-batch only. Parameters the loss touches directly (heads, scales)
-    receive the full gradient at every micro-step, so theirs is divided by ``accum_steps``.
+    receive the full gradient at every micro-step, so theirs is divided by ``accum_steps``. A student
+    whose forward draws random numbers (patch dropout for mfd, dropout) draws the same in both passes:
+    each micro-batch's live pass replays the RNG state its no-grad pass started from.
     """
     if accum_steps == 1:
         with autocast(device, precision):
@@ -132,23 +134,40 @@ def accumulate_gradients(model: nn.Module, images: torch.Tensor, tokens: torch.T
         return total.detach(), terms
     distiller = _unwrap(model)
     image_chunks, token_chunks = images.chunk(accum_steps), tokens.chunk(accum_steps)
+    context, rng_states = [], []
     with torch.no_grad(), autocast(device, precision):
-        context = [distiller.embed(i, t) for i, t in zip(image_chunks, token_chunks)]
+        for i, t in zip(image_chunks, token_chunks):
+            rng_states.append(_rng_state(device))
+            context.append(distiller.embed(i, t))
+    after_context = _rng_state(device)
     context = context[0].with_(image=torch.cat([c.image for c in context]), text=torch.cat([c.text for c in context]))
     start = 0
     for j, (i, t) in enumerate(zip(image_chunks, token_chunks)):
         rows = slice(start, start + i.shape[0])
         start = rows.stop
         sync = j == accum_steps - 1 or not hasattr(model, "no_sync")
+        _set_rng_state(device, rng_states[j])  # the same patch masks as this micro-batch's no-grad pass
         with (nullcontext() if sync else model.no_sync()), autocast(device, precision):
             total, terms = model(i, t, teacher, context=context, rows=rows)
         _check_finite(total, terms, step)
         total.backward()
+    _set_rng_state(device, after_context)
     bias = getattr(distiller.student, "logit_bias", None)
     for p in [*distiller.objective.parameters(), distiller.student.logit_scale, *([bias] if bias is not None else [])]:
         if p.grad is not None:
             p.grad /= accum_steps
     return total.detach(), terms
+
+
+def _rng_state(device: torch.device):
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 def train_step(model: nn.Module, batch: dict, teacher_embeddings: Embeddings | None, *, optimizer, lr: float,
