@@ -32,7 +32,7 @@ WEIGHTS_FILE = "open_clip_model.safetensors"
 
 def _preprocess_cfg(image_spec) -> dict:
     return {"size": image_spec.size, "mean": list(image_spec.mean), "std": list(image_spec.std),
-            "interpolation": image_spec.interpolation, "resize_mode": "shortest"}
+            "interpolation": image_spec.interpolation, "resize_mode": image_spec.resize_mode}
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -43,7 +43,7 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def load_student(checkpoint: str | Path):
     """The run checkpoint's student (open_clip model, architecture, image spec), weights loaded strictly."""
     state = load_run_checkpoint(checkpoint)
-    student = build_student(student_architecture(state))
+    student = build_student(student_architecture(state), preprocess=state["config"]["student"].get("preprocess") or None)
     load_weights(student.model, state["student"], checkpoint)
     return student
 

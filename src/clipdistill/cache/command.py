@@ -39,7 +39,8 @@ def build_cache(cfg: config_lib.Config, out_dir: str) -> dict | None:
     # Random-weight teachers (pretrained "") are seeded like a training run, so a cache of one is reproducible.
     torch.manual_seed(cfg.train.seed)
     teacher = load_teacher(cfg.teacher.source, model=cfg.teacher.model, pretrained=cfg.teacher.pretrained,
-                           path=cfg.teacher.path, device=str(ctx.device), precision=cfg.teacher.precision)
+                           path=cfg.teacher.path, device=str(ctx.device), precision=cfg.teacher.precision,
+                           preprocess=cfg.teacher.preprocess)
     dataset = build_dataset(cfg.data.kind, path=cfg.data.path, num_samples=cfg.data.num_samples, seed=cfg.data.seed,
                             image_key=cfg.data.image_key, caption_key=cfg.data.caption_key,
                             separator=cfg.data.separator)

@@ -60,7 +60,8 @@ def _live_teacher(cache: TeacherCache, device: str, precision: str):
     # The live teacher computes as the cached one did (bf16 or fp32), whatever this run's teacher.precision.
     precision = cache.manifest.get("teacher_precision", precision)
     teacher = load_teacher(identity["source"], model=identity["model"], pretrained=identity["pretrained"],
-                           path=identity["path"], device=device, precision=precision)
+                           path=identity["path"], device=device, precision=precision,
+                           preprocess=identity.get("preprocess"))
     refuse_if_different(cache.manifest, {"weights_fingerprint": weights_fingerprint(teacher),
                                          "image_spec": teacher.image_spec.as_dict()},
                         cache.directory, "the live teacher of hybrid mode (weights or preprocessing changed)")

@@ -49,7 +49,7 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
     torch.manual_seed(cfg.train.seed)
 
     # --- models: student (trained), teacher (frozen, only if some loss needs it), objective
-    student = build_student(cfg.student.model, cfg.student.pretrained)
+    student = build_student(cfg.student.model, cfg.student.pretrained, preprocess=cfg.student.preprocess)
     teacher, cached = None, None
     if any(name != "clip" for name in cfg.losses):
         if cfg.teacher.source == "none":
@@ -61,7 +61,8 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
             teacher = cached.teacher
         else:
             teacher = load_teacher(cfg.teacher.source, model=cfg.teacher.model, pretrained=cfg.teacher.pretrained,
-                                   path=cfg.teacher.path, device=str(ctx.device), precision=cfg.teacher.precision)
+                                   path=cfg.teacher.path, device=str(ctx.device), precision=cfg.teacher.precision,
+                                   preprocess=cfg.teacher.preprocess)
     teacher_dim = cached.dim if cached else teacher.embed_dim if teacher else None
     objective = build_objective(cfg.losses, student_dim=student.embed_dim, teacher_dim=teacher_dim)
     if objective.student_patch_dropout:
