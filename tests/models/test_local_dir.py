@@ -68,6 +68,8 @@ def _copy(folder, target, skip=()):
 
 
 def test_missing_or_wrong_pieces_are_one_line_errors(folder, tmp_path):
+    with pytest.raises(UserError, match="holds its own weights: leave pretrained empty"):
+        load_teacher("openclip", model=f"local-dir:{folder}", pretrained="laion2b_s34b_b79k")
     no_tokenizer = _copy(folder, tmp_path / "no_tokenizer", skip=("tokenizer.json", "tokenizer_config.json"))
     with pytest.raises(UserError, match=r"no tokenizer file in the folder .*'offline/wordlevel'.*tokenizer\.json"):
         load_teacher("openclip", model=f"local-dir:{no_tokenizer}")

@@ -88,6 +88,13 @@ def test_where_the_tags_disagree_and_none_is_named_the_run_stops_naming_the_over
     assert resolve_for_file("ViT-L-14", tag="openai", override={"resize_mode": "squash"})["resize_mode"] == "squash"
 
 
+def test_an_undecidable_file_stops_before_its_weights_are_read(tmp_path):
+    unreadable = tmp_path / "vit_h14.pt"
+    unreadable.write_bytes(b"")  # reading it would fail: the preprocessing question comes first
+    with pytest.raises(UserError, match="ViT-H-14's pretrained tags disagree"):
+        load_teacher("checkpoint", model="ViT-H-14", path=str(unreadable))
+
+
 def test_bad_tags_and_overrides_are_one_line_errors():
     with pytest.raises(UserError, match="'laion9000' is not an open_clip pretrained tag of PE-Core-T-16-384 .*meta"):
         resolve_for_file("PE-Core-T-16-384", tag="laion9000")

@@ -84,6 +84,8 @@ def build_student(model: str | dict, pretrained: str = "", patch_dropout: float 
             ``resize_mode``) that win over what is resolved; ``setting`` is its config key (for errors).
     """
     if folders.is_folder_name(model):
+        if pretrained or tag:  # open_clip would ignore it silently
+            raise UserError(f"{model} holds its own weights: leave pretrained empty (got '{pretrained or tag}')")
         return _from_folder(model, patch_dropout, preprocess, setting)
     name = resolve_architecture(model)
     model_cfg = open_clip.get_model_config(name)
@@ -96,12 +98,11 @@ def build_student(model: str | dict, pretrained: str = "", patch_dropout: float 
     identity_tag = tag if is_file else pretrained
     if identity_tag:  # before any download: a wrong activation or tag is known from open_clip's table
         check_activation(name, model_cfg, identity_tag)
+    # Decided before gigabytes of weights are read: an undecidable file stops at once.
+    fields = resolve_for_file(name, tag=tag, override=preprocess, setting=setting) if is_file else \
+        check_override(preprocess, setting)
     module = _create(name, pretrained, patch_dropout)
-    spec = image_spec_of(module)
-    if is_file:
-        spec = with_fields(spec, resolve_for_file(name, tag=tag, override=preprocess, setting=setting))
-    elif preprocess:
-        spec = with_fields(spec, check_override(preprocess, setting))
+    spec = with_fields(image_spec_of(module), fields)
     return Student(model=module, tokenizer=_tokenizer(name), image_spec=spec, model_cfg=model_cfg, name=name,
                    weights_file=os.path.abspath(pretrained) if is_file else "")
 
