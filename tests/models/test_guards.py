@@ -9,7 +9,9 @@ from clipdistill.models.guards import activation_of, check_activation, count_tru
 
 @pytest.mark.parametrize("arch, tag, twin", [("ViT-H-14", "dfn5b", "ViT-H-14-quickgelu"),
                                               ("ViT-L-14", "dfn2b", "ViT-L-14-quickgelu"),
-                                              ("ViT-B-32", "openai", "ViT-B-32-quickgelu")])
+                                              ("ViT-B-32", "openai", "ViT-B-32-quickgelu"),
+                                              ("ViT-H-14-worldwide", "metaclip2_worldwide",
+                                               "ViT-H-14-worldwide-quickgelu")])
 def test_quick_gelu_weights_in_a_gelu_architecture_are_refused_naming_the_twin(tmp_path, arch, tag, twin):
     # Refused from open_clip's table before anything is built, read or downloaded (the file need not exist).
     with pytest.raises(UserError, match=f"{arch}/{tag} was trained with QuickGELU but {arch} uses GELU.*use {twin}"):
