@@ -131,3 +131,19 @@ def test_pe_core_from_a_weights_file_is_preprocessed_as_its_meta_tag(tmp_path):
     assert teacher.tokenizer.context_length == 32
     tagged = load_teacher("checkpoint", model="PE-Core-T-16-384", path=str(path), pretrained="meta")
     assert tagged.image_spec == teacher.image_spec and tagged.identity["pretrained"] == "meta"
+
+
+def test_a_run_checkpoint_is_rebuilt_with_the_preprocessing_it_was_trained_with(tmp_path):
+    from clipdistill.export import load_student
+    from clipdistill.models.load_any import load_model
+    from clipdistill.models.student import image_spec_fields
+
+    student = build_student("tiny", preprocess={"resize_mode": "squash", "interpolation": "bilinear"})
+    path = tmp_path / "step_00000001.pt"
+    torch.save({"student": student.model.state_dict(),
+                "config": {"student": {"model": "tiny", "pretrained": "",
+                                       "preprocess": {"resize_mode": "squash", "interpolation": "bilinear"}}}}, path)
+    assert load_model(str(path)).encoder.image_spec == student.image_spec
+    assert load_student(path).image_spec == student.image_spec  # what `clipdistill export` writes as preprocess_cfg
+    # A student started from a tag keeps that tag's preprocessing without its weights being fetched.
+    assert image_spec_fields("ViT-L-14", "laion2b_s32b_b82k")["mean"] == HALF

@@ -24,7 +24,7 @@ from torch import nn
 
 from clipdistill.errors import UserError
 from clipdistill.models.checkpoints import load_weights
-from clipdistill.models.student import build_student
+from clipdistill.models.student import student_of_config
 from clipdistill.models.teacher import load_teacher
 
 
@@ -67,7 +67,7 @@ def student_architecture(state: dict):
 def _from_run_checkpoint(path: str, device: str) -> LoadedModel:
     state = load_run_checkpoint(path)
     architecture = student_architecture(state)
-    student = build_student(architecture, preprocess=state["config"]["student"].get("preprocess") or None)
+    student = student_of_config(state["config"]["student"])
     load_weights(student.model, state["student"], path)
     student.model.to(device).eval()
     name = architecture if isinstance(architecture, str) else student.name

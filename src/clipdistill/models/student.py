@@ -22,7 +22,7 @@ from clipdistill.errors import UserError
 from clipdistill.models import folders
 from clipdistill.models.checkpoints import load_state_dict_file, load_weights
 from clipdistill.models.guards import check_activation
-from clipdistill.models.preprocess import check_override, folder_preprocess, resolve_for_file, with_fields
+from clipdistill.models.preprocess import check_override, folder_preprocess, resolve_for_file, tag_preprocess, with_fields
 from clipdistill.models.presets import resolve_architecture
 from clipdistill.models.spec import ImageSpec
 
@@ -99,12 +99,34 @@ def build_student(model: str | dict, pretrained: str = "", patch_dropout: float 
     if identity_tag:  # before any download: a wrong activation or tag is known from open_clip's table
         check_activation(name, model_cfg, identity_tag)
     # Decided before gigabytes of weights are read: an undecidable file stops at once.
-    fields = resolve_for_file(name, tag=tag, override=preprocess, setting=setting) if is_file else \
-        check_override(preprocess, setting)
+    fields = image_spec_fields(name, pretrained, tag=tag, preprocess=preprocess, setting=setting)
     module = _create(name, pretrained, patch_dropout)
     spec = with_fields(image_spec_of(module), fields)
     return Student(model=module, tokenizer=_tokenizer(name), image_spec=spec, model_cfg=model_cfg, name=name,
                    weights_file=os.path.abspath(pretrained) if is_file else "")
+
+
+def image_spec_fields(name: str, pretrained: str = "", *, tag: str = "", preprocess: dict | None = None,
+                      setting: str = "student.preprocess") -> dict:
+    """The preprocessing fields ``build_student`` gives weights ``pretrained`` of architecture ``name``.
+
+    Needs no weights: a trained student is rebuilt with the preprocessing it was trained with from its
+    run config alone (random init: only the override; a tag: its table entry; a file: as resolved).
+    """
+    if pretrained and _looks_like_file(pretrained):
+        return resolve_for_file(name, tag=tag, override=preprocess, setting=setting)
+    if pretrained:
+        return {**tag_preprocess(name, pretrained), **check_override(preprocess, setting)}
+    return check_override(preprocess, setting)
+
+
+def student_of_config(student_cfg: dict) -> Student:
+    """A run's student architecture with the preprocessing it was trained with (weights: random init)."""
+    model, preprocess = student_cfg["model"], student_cfg.get("preprocess") or None
+    if folders.is_folder_name(model):
+        return build_student(model, preprocess=preprocess)
+    fields = image_spec_fields(resolve_architecture(model), student_cfg.get("pretrained", ""), preprocess=preprocess)
+    return build_student(model, preprocess=fields)
 
 
 def _from_folder(name: str, patch_dropout: float | None, preprocess: dict | None, setting: str) -> Student:
