@@ -1,5 +1,6 @@
 """A cache of a SigLIP-style folder teacher records its resize mode, logit bias, context and cut captions."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -57,13 +58,13 @@ def test_a_softmax_teachers_cache_has_no_bias(cache_dir):
     assert read_manifest(cache_dir)["truncated_captions"] == 0  # open_clip's BPE, 32 tokens: nothing cut
 
 
-def test_an_older_manifest_reads_as_shortest_without_bias(tmp_path, dataset, teacher):
-    make_cache(tmp_path, dataset, teacher)
-    path = tmp_path / MANIFEST
+def test_an_older_manifest_reads_as_shortest_without_bias(tmp_path, cache_dir):
+    shutil.copytree(cache_dir, tmp_path / "old")
+    path = tmp_path / "old" / MANIFEST
     manifest = json.loads(path.read_text())
     for key in ("logit_bias", "context_length", "truncated_captions"):
         del manifest[key]
     del manifest["image_spec"]["resize_mode"]
     path.write_text(json.dumps(manifest))
-    cache = TeacherCache(tmp_path)
+    cache = TeacherCache(tmp_path / "old")
     assert cache.manifest["image_spec"]["resize_mode"] == "shortest" and cache.logit_bias is None
