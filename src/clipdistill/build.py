@@ -30,7 +30,7 @@ def dataset_from(data: config_lib.DataConfig):
 
 
 def student_from(student: config_lib.StudentConfig, patch_dropout: float | None = None) -> Student:
-    return build_student(student.model, student.pretrained, patch_dropout=patch_dropout)
+    return build_student(student.model, student.pretrained, patch_dropout=patch_dropout, preprocess=student.preprocess)
 
 
 def teacher_from(teacher: config_lib.TeacherConfig, device: torch.device | str) -> Teacher:
@@ -39,7 +39,7 @@ def teacher_from(teacher: config_lib.TeacherConfig, device: torch.device | str) 
         raise UserError(f"teacher.source '{teacher.source}' names no model to run: set teacher.source to "
                         f"openclip, checkpoint or hf")
     return load_teacher(teacher.source, model=teacher.model, pretrained=teacher.pretrained, path=teacher.path,
-                        device=str(device), precision=teacher.precision)
+                        device=str(device), precision=teacher.precision, preprocess=teacher.preprocess)
 
 
 def targets_from(teacher: config_lib.TeacherConfig, augmentation: Augmentation, device: torch.device):

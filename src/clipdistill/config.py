@@ -28,13 +28,15 @@ ModelSpec = Union[str, dict]  # an open_clip architecture name, a clipdistill pr
 class StudentConfig:
     model: ModelSpec = "tiny"
     pretrained: str = ""  # open_clip tag or local file; empty = random init (the usual for distillation)
+    preprocess: dict = field(default_factory=dict)  # mean/std/interpolation/resize_mode over the resolved ones
 
 
 @dataclass
 class TeacherConfig:
     source: str = "none"  # none | openclip | checkpoint | hf
     model: ModelSpec = ""  # architecture for openclip/checkpoint sources
-    pretrained: str = ""  # open_clip tag (openclip source)
+    pretrained: str = ""  # open_clip tag (openclip source); checkpoint source: the tag the file is (its preprocessing)
+    preprocess: dict = field(default_factory=dict)  # mean/std/interpolation/resize_mode where open_clip's tables can't decide
     path: str = ""  # checkpoint file (checkpoint source) or Hugging Face CLIPModel directory (hf source)
     # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 (autocast on any device: faster on CPUs with
     # AVX512-BF16/AMX; the student's own precision is train.precision)

@@ -23,8 +23,8 @@ import torch
 from clipdistill.atomic import write_atomic, write_text_atomic
 from clipdistill.errors import UserError
 from clipdistill.models.checkpoints import load_weights
-from clipdistill.models.load_any import load_run_checkpoint, student_architecture
-from clipdistill.models.student import build_student
+from clipdistill.models.load_any import load_run_checkpoint
+from clipdistill.models.student import student_of_config
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -32,7 +32,7 @@ WEIGHTS_FILE = "open_clip_model.safetensors"
 
 def _preprocess_cfg(image_spec) -> dict:
     return {"size": image_spec.size, "mean": list(image_spec.mean), "std": list(image_spec.std),
-            "interpolation": image_spec.interpolation, "resize_mode": "shortest"}
+            "interpolation": image_spec.interpolation, "resize_mode": image_spec.resize_mode}
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -43,7 +43,7 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def load_student(checkpoint: str | Path):
     """The run checkpoint's student (open_clip model, architecture, image spec), weights loaded strictly."""
     state = load_run_checkpoint(checkpoint)
-    student = build_student(student_architecture(state))
+    student = student_of_config(state["config"]["student"])
     load_weights(student.model, state["student"], checkpoint)
     return student
 

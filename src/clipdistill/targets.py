@@ -13,6 +13,7 @@ Either one is built from a config's ``teacher`` section by :func:`clipdistill.bu
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 
 from clipdistill.embeddings import Embeddings
 from clipdistill.errors import UserError
+
+log = logging.getLogger("clipdistill.train")
 
 
 @dataclass
@@ -46,6 +49,7 @@ class LiveTeacherTargets:
     def __init__(self, teacher, device: torch.device):
         self.teacher = teacher
         self.device = device
+        self._context_reported = False
 
     @property
     def dim(self) -> int:
@@ -61,9 +65,23 @@ class LiveTeacherTargets:
                            tokenizers={"teacher_text": student.tokenizer if same else self.teacher.tokenizer})
 
     def __call__(self, batch: dict) -> Embeddings:
+        if not self._context_reported:
+            self._report_truncation(batch["caption"])
         images = batch["teacher_image"].to(self.device, non_blocking=True)
         tokens = batch["teacher_text"].to(self.device, non_blocking=True)
         return self.teacher(images, tokens)
+
+    def _report_truncation(self, captions: list[str]) -> None:
+        """Once per run: captions longer than the teacher's context (PE-Core 32 tokens, SigLIP 64) are cut
+        for the teacher only, which a user should know before trusting its targets."""
+        from clipdistill.models.guards import context_length_of, count_truncated
+
+        self._context_reported = True
+        truncated = count_truncated(self.teacher.tokenizer, captions)
+        if truncated:
+            log.warning("%d of the first batch's %d captions are longer than the teacher's context (%s tokens): "
+                        "the teacher sees them truncated", truncated, len(captions),
+                        context_length_of(self.teacher.tokenizer))
 
 
 class StoredRows:
@@ -163,9 +181,11 @@ class CachedTeacherTargets:
                                 f"{self.cache.directory} (first: '{first}'): build the cache over this dataset, or "
                                 f"set teacher.cache_mode=hybrid to embed them live")
             self._embed_live(batch, missing, image, text, extras)
+        bias = self.cache.logit_bias
         return Embeddings(image=image.to(self.device), text=text.to(self.device),
                           logit_scale=self.cache.logit_scale.to(self.device), normalized=True,
-                          extras={k: v.to(self.device) for k, v in extras.items()})
+                          extras={k: v.to(self.device) for k, v in extras.items()},
+                          logit_bias=bias.to(self.device) if bias is not None else None)
 
     def _embed_live(self, batch: dict, missing: torch.Tensor, image, text, extras) -> None:
         live = self.live({"teacher_image": batch["teacher_image"][missing],

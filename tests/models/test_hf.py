@@ -101,8 +101,9 @@ def test_missing_pieces_are_user_errors(tmp_path, hf_dir, monkeypatch):
         load_teacher("hf", path=str(tmp_path / "absent"))
     with pytest.raises(UserError, match="no config.json"):
         load_teacher("hf", path=str(tmp_path))
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "siglip"}))
-    with pytest.raises(UserError, match="'siglip' model"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "blip"}))
+    with pytest.raises(UserError, match="'blip' model; teacher.source=hf supports model types clip, metaclip_2, "
+                                        "siglip, siglip2"):
         load_teacher("hf", path=str(tmp_path))
     no_processor = tmp_path / "no_processor"
     no_processor.mkdir()

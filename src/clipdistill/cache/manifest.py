@@ -6,17 +6,22 @@ Fields (format version 2)::
     teacher                  Teacher.identity: source, model, pretrained, path, weights_sha256 (of a file)
     weights_fingerprint      SHA-256 over the teacher's tensors as loaded (identifies random and tag weights too)
     teacher_precision        bf16 | fp32: how the teacher computed (Teacher.compute_precision)
-    image_spec               the teacher's preprocessing (ImageSpec.as_dict)
+    image_spec               the teacher's preprocessing (ImageSpec.as_dict: size, mean, std, interpolation,
+                             resize_mode; a manifest written before resize_mode existed reads as "shortest")
     augmentation             how the stored views were drawn: views, scale, ratio, hflip, seed, sampler
     dataset                  what was embedded (kind, path, num_samples, seed, keys)
     dtype, storage           fp16 | bf16 | fp32; safetensors | numpy
     dim, logit_scale         teacher embedding size, multiplicative logit scale exp(log_scale)
+    logit_bias               the sigmoid teacher's additive logit bias (SigLIP), null for a softmax teacher
+    context_length           the teacher's text context (tokens); null when its tokenizer does not say
     captions_per_sample      1 (every dataset here gives one caption per sample)
     shard_size, num_shards   the work split (the unit of resume and of rank assignment)
     tensors                  shapes of each shard's tensors
     count, images            filled in when the last shard is written: samples (rows) and stored image
     skipped, complete        entries (fewer when rows of a shard share an image), skipped samples; complete:
                              false until then
+    truncated_captions       captions longer than the teacher's context (cut for the teacher); null when the
+                             tokenizer cannot be counted (see clipdistill.models.guards.count_truncated)
     extras                   name -> description of per-sample extras (CID pseudo-labels, centroids), see extras.py
 
 ``settings`` are all fields but the last group: a resumed run must have the same settings.
@@ -37,7 +42,7 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 stored one image entry per row (no ``image_row``)
 MANIFEST = "manifest.json"
 # Written once the cache is complete; everything else is fixed before the first shard.
-RESULT_FIELDS = ("count", "images", "skipped", "complete", "extras")
+RESULT_FIELDS = ("count", "images", "skipped", "complete", "extras", "truncated_captions")
 # Which fields a view replay depends on: the sampler's algorithm is versioned with the code.
 VIEW_SAMPLER = "clipdistill.data.transforms.sample_view/v1"
 TENSORS = {"image": "(images, views, dim)", "text": "(n, dim)",
@@ -71,9 +76,15 @@ def build_manifest(*, teacher, fingerprint: str, augmentation: dict, dataset: di
         "augmentation": {**augmentation, "sampler": VIEW_SAMPLER},
         "dataset": dict(dataset), "dtype": dtype, "storage": storage,
         "dim": int(teacher.embed_dim), "logit_scale": float(teacher.logit_scale()),
+        "logit_bias": _optional_float(teacher.logit_bias()),
+        "context_length": getattr(teacher.tokenizer, "context_length", None),
         "captions_per_sample": 1, "shard_size": int(shard_size), "num_shards": int(num_shards), "tensors": TENSORS,
-        "count": None, "images": None, "skipped": {}, "complete": False, "extras": {},
+        "count": None, "images": None, "skipped": {}, "complete": False, "extras": {}, "truncated_captions": None,
     }
+
+
+def _optional_float(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def settings(manifest: dict) -> dict:
@@ -91,6 +102,9 @@ def read_manifest(directory: str | Path) -> dict:
     if manifest.get("format") != FORMAT or manifest.get("format_version") not in READABLE_VERSIONS:
         raise UserError(f"{path}: cache format {manifest.get('format')!r} version {manifest.get('format_version')!r}"
                         f" is not {FORMAT!r} version {' or '.join(map(str, READABLE_VERSIONS))}; rebuild it with clipdistill cache")
+    # Written before resize_mode was recorded, every teacher was rendered shortest-side-then-crop.
+    if isinstance(manifest.get("image_spec"), dict):
+        manifest["image_spec"].setdefault("resize_mode", "shortest")
     return manifest
 
 

@@ -163,6 +163,12 @@ class TeacherCache:
     def logit_scale(self) -> torch.Tensor:
         return torch.tensor(float(self.manifest["logit_scale"]))
 
+    @property
+    def logit_bias(self) -> torch.Tensor | None:
+        """The cached teacher's logit bias (0-d float32), None for a softmax teacher or an older cache."""
+        bias = self.manifest.get("logit_bias")
+        return None if bias is None else torch.tensor(float(bias))
+
     def rows(self, keys: list[str]) -> torch.Tensor:
         """Rows of ``keys`` (-1 where a key is not in the cache)."""
         return torch.from_numpy(self.index.rows(list(keys)))

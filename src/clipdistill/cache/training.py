@@ -8,6 +8,8 @@ cached preprocessing (ImageSpec), or its embeddings of missing samples would not
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from clipdistill.cache.manifest import refuse_if_different, weights_fingerprint
@@ -17,6 +19,7 @@ from clipdistill.errors import UserError
 from clipdistill.targets import CachedTeacherTargets, LiveTeacherTargets
 
 MODES = ("strict", "hybrid")
+log = logging.getLogger("clipdistill.train")
 
 
 def open_for_training(path: str, *, mode: str, model="", pretrained: str = "",
@@ -34,6 +37,10 @@ def open_for_training(path: str, *, mode: str, model="", pretrained: str = "",
     refuse_if_different(cache.manifest, {"teacher": expected_teacher,
                                          "augmentation": augmentation.as_dict()},
                         path, "this run's teacher and data.scale/data.hflip")
+    truncated = cache.manifest.get("truncated_captions")
+    if truncated:
+        log.warning("%d of the cache's %d captions were longer than the teacher's context (%s tokens) and were "
+                    "embedded truncated", truncated, cache.manifest.get("count", 0), cache.manifest.get("context_length"))
     live = LiveTeacherTargets(_live_teacher(cache, device, precision), torch.device(device)) \
         if mode == "hybrid" else None
     return CachedTeacherTargets(cache, torch.device(device), live=live)
@@ -46,7 +53,8 @@ def _live_teacher(cache: TeacherCache, device: str, precision: str):
     # The live teacher computes as the cached one did (bf16 or fp32), whatever this run's teacher.precision.
     precision = cache.manifest.get("teacher_precision", precision)
     teacher = load_teacher(identity["source"], model=identity["model"], pretrained=identity["pretrained"],
-                           path=identity["path"], device=device, precision=precision)
+                           path=identity["path"], device=device, precision=precision,
+                           preprocess=identity.get("preprocess"))
     refuse_if_different(cache.manifest, {"weights_fingerprint": weights_fingerprint(teacher),
                                          "image_spec": teacher.image_spec.as_dict()},
                         cache.directory, "the live teacher of hybrid mode (weights or preprocessing changed)")

@@ -31,6 +31,7 @@ from clipdistill.cache.units import Unit, decode_item, plan_units, raw_items, un
 from clipdistill.data.bad_samples import BadSample
 from clipdistill.data.batch import sample_generator
 from clipdistill.data.transforms import apply_view, sample_view
+from clipdistill.models.guards import count_truncated
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class _UnitBuffer:
         self.image_views: list[torch.Tensor] = []  # each stored image's view parameters (V, 5)
         self.image_row_of: dict[str, int] = {}  # image id -> its entry in ``image``
         self.bad_images: dict[str, str] = {}  # image id -> why its first row was skipped
+        self.truncated: int | None = 0  # captions longer than the teacher's context (None: cannot count)
 
     def add(self, item: dict) -> None:
         image_id = item.get("image_id")
@@ -142,7 +144,10 @@ class _UnitBuffer:
     def flush_rows(self) -> None:
         if self.pending_rows:
             rows, self.pending_rows = self.pending_rows, []
-            text = self.teacher.encode_text(self.teacher.tokenizer([r["caption"] for r in rows]))
+            captions = [r["caption"] for r in rows]
+            text = self.teacher.encode_text(self.teacher.tokenizer(captions))
+            cut = count_truncated(self.teacher.tokenizer, captions)
+            self.truncated = None if cut is None or self.truncated is None else self.truncated + cut
             self.parts["text"].append(text.cpu().to(self.dtype))
             image_rows = [r["image_row"] for r in rows]
             self.parts["view"].append(torch.stack([self.image_views[i] for i in image_rows]))
@@ -184,7 +189,8 @@ def write_shards(dataset, teacher, out_dir: str | Path, units: list[Unit], *, vi
     for item in items:
         if item.get("end"):
             tensors = buffer.tensors(teacher.embed_dim, views)
-            meta = {"keys": buffer.keys, "skipped": dict(buffer.skipped), "images": len(tensors["image"])}
+            meta = {"keys": buffer.keys, "skipped": dict(buffer.skipped), "images": len(tensors["image"]),
+                    "truncated_captions": buffer.truncated}
             write_shard(shard_path(out_dir, item["unit"], storage), tensors, meta, storage)
             written.append(item["unit"])
             buffer = _UnitBuffer(teacher, batch_size, DTYPES[dtype])
@@ -206,7 +212,12 @@ def finalize(out_dir: str | Path) -> dict:
     metas = [read_meta(shard_path(out_dir, n, manifest["storage"])) for n in range(manifest["num_shards"])]
     count = write_index(out_dir, [m["keys"] for m in metas])
     skipped = sum((Counter(m["skipped"]) for m in metas), Counter())
-    manifest.update(count=count, images=sum(m["images"] for m in metas), skipped=dict(skipped), complete=True)
+    truncated = [m.get("truncated_captions") for m in metas]  # absent (None) in shards of older code
+    manifest.update(count=count, images=sum(m["images"] for m in metas), skipped=dict(skipped), complete=True,
+                    truncated_captions=None if None in truncated else sum(truncated))
+    if manifest["truncated_captions"]:
+        log.warning("%d of %d captions are longer than the teacher's context (%s tokens) and were cut for the teacher",
+                    manifest["truncated_captions"], count, manifest.get("context_length"))
     manifest_lib.write_manifest(out_dir, manifest)
     return manifest
 

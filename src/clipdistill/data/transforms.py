@@ -1,17 +1,21 @@
 """One sampled crop, resized and normalized separately for each model.
 
-Teacher and student usually disagree on resolution and normalization (ViT-L/14 at 224 px with
-OpenAI statistics vs. a student at 160 px, say). Distillation needs both to see the *same* view,
-so the random crop is sampled once, recorded as a ``view`` (top, left, height, width, flip) that can
-be replayed exactly (the teacher cache stores it), and then converted once per distinct ImageSpec.
+Teacher and student usually disagree on resolution, resize mode and normalization (ViT-L/14 at
+224 px with OpenAI statistics vs. a SigLIP teacher that squashes to 256 px with mean = std = 0.5,
+say). Distillation needs both to see the *same* view, so the random crop is sampled once, recorded as
+a ``view`` (top, left, height, width, flip) that can be replayed exactly (the teacher cache stores
+it), and then rendered once per distinct ImageSpec by open_clip's own inference transform: each model
+sees the crop exactly as it would see a photo of it (``shortest``: resize and center-crop,
+``squash``: resize both sides, ``longest``: resize and pad).
 """
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
+import open_clip
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from clipdistill.data.augmentation import Augmentation
@@ -20,8 +24,16 @@ from clipdistill.models.spec import ImageSpec
 VIEW_FIELDS = ("top", "left", "height", "width", "flip")
 
 
-def _interpolation(name: str) -> InterpolationMode:
-    return InterpolationMode(name)
+@lru_cache(maxsize=None)
+def _open_clip_transform(spec: ImageSpec):
+    # open_clip's validation transform, not a copy of it: resize modes, padding and rounding stay its own.
+    return open_clip.image_transform(spec.size, is_train=False, mean=spec.mean, std=spec.std,
+                                     resize_mode=spec.resize_mode, interpolation=spec.interpolation)
+
+
+def render(image: Image.Image, spec: ImageSpec) -> torch.Tensor:
+    """``(3, S, S)``: ``image`` as the model of ``spec`` sees it at inference (open_clip's transform)."""
+    return _open_clip_transform(spec)(image)
 
 
 def sample_view(width: int, height: int, generator: torch.Generator, scale=(0.9, 1.0),
@@ -55,12 +67,6 @@ def sample_view(width: int, height: int, generator: torch.Generator, scale=(0.9,
     return (height - h) // 2, (width - w) // 2, h, w, flip
 
 
-def _to_model_tensor(crop: Image.Image, spec: ImageSpec) -> torch.Tensor:
-    resized = TF.resize(crop, [spec.size, spec.size], interpolation=_interpolation(spec.interpolation),
-                        antialias=True)
-    return TF.normalize(TF.to_tensor(resized), list(spec.mean), list(spec.std))
-
-
 def apply_view(image: Image.Image, view, specs: dict[str, ImageSpec]) -> dict[str, torch.Tensor]:
     """Crop ``image`` by ``view`` and return one normalized tensor per named spec.
 
@@ -74,7 +80,7 @@ def apply_view(image: Image.Image, view, specs: dict[str, ImageSpec]) -> dict[st
     out = {}
     for name, spec in specs.items():
         if spec not in done:
-            done[spec] = _to_model_tensor(crop, spec)
+            done[spec] = render(crop, spec)
         out[name] = done[spec]
     return out
 
@@ -120,12 +126,9 @@ class PairedTransform:
 
 
 def eval_transform(spec: ImageSpec):
-    """open_clip's validation preprocessing: resize the short side, center crop, normalize."""
+    """open_clip's validation preprocessing in the spec's resize mode (evaluation, fidelity, curation)."""
 
     def transform(image: Image.Image) -> torch.Tensor:
-        image = image.convert("RGB")
-        image = TF.resize(image, spec.size, interpolation=_interpolation(spec.interpolation), antialias=True)
-        image = TF.center_crop(image, [spec.size, spec.size])
-        return TF.normalize(TF.to_tensor(image), list(spec.mean), list(spec.std))
+        return render(_rgb(image), spec)
 
     return transform

@@ -4,9 +4,11 @@ Specs:
 
 - ``runs/x/checkpoints/step_00000300.pt``: a ``clipdistill train`` checkpoint (the student's weights,
   its architecture from the stored config, and the run's projection head for fidelity metrics);
-- ``DIR`` holding ``open_clip_config.json``: a ``clipdistill export`` (or any open_clip local-dir model);
+- ``DIR`` holding ``open_clip_config.json``, or ``local-dir:DIR``: a ``clipdistill export`` or any open_clip
+  model folder (config, weights, tokenizer files); ``hf-hub:org/name``: the same on the Hugging Face Hub;
 - ``openclip:ARCH:TAG_OR_FILE``: an open_clip architecture with a pretrained tag or a weights file;
-- ``hf:DIR``: a Hugging Face ``CLIPModel`` directory.
+  ``openclip:ARCH@TAG:FILE``: a weights file that is pretrained tag TAG (its preprocessing and activation);
+- ``hf:DIR``: a Hugging Face CLIP / SigLIP / SigLIP 2 / MetaCLIP 2 directory.
 
 Everything but the run checkpoint loads as a frozen :class:`~clipdistill.models.Teacher` (the same
 loaders as the teacher of a run).
@@ -17,14 +19,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import open_clip
 import torch
 from torch import nn
 
 from clipdistill.errors import UserError
 from clipdistill.models.checkpoints import load_weights
-from clipdistill.models.student import build_student, image_spec_of
-from clipdistill.models.teacher import Teacher, load_teacher
+from clipdistill.models.student import student_of_config
+from clipdistill.models.teacher import load_teacher
 
 
 @dataclass
@@ -66,39 +67,50 @@ def student_architecture(state: dict):
 def _from_run_checkpoint(path: str, device: str) -> LoadedModel:
     state = load_run_checkpoint(path)
     architecture = student_architecture(state)
-    student = build_student(architecture)
+    student = student_of_config(state["config"]["student"])
     load_weights(student.model, state["student"], path)
     student.model.to(device).eval()
     name = architecture if isinstance(architecture, str) else student.name
     return LoadedModel(student, name=name, pretrained=path, objective_state=state.get("objective"))
 
 
-def _from_local_dir(path: str, device: str) -> LoadedModel:
-    spec = f"local-dir:{path}"
-    model = open_clip.create_model(spec).to(device).eval()
-    embed_dim = open_clip.get_model_config(spec)["embed_dim"]
-    teacher = Teacher(model, tokenizer=open_clip.get_tokenizer(spec), image_spec=image_spec_of(model),
-                      embed_dim=embed_dim, identity={"source": "local-dir", "path": os.path.abspath(path)})
-    return LoadedModel(teacher, name=Path(path).name, pretrained=path)
+def _from_folder(name: str, device: str) -> LoadedModel:
+    """``local-dir:DIR`` / ``hf-hub:org/name``: the same loader as a teacher of a run."""
+    teacher = load_teacher("openclip", model=name, device=device)
+    location = name.split(":", 1)[1]
+    return LoadedModel(teacher, name=Path(location).name, pretrained=location)
+
+
+def _from_openclip_spec(spec: str, device: str) -> LoadedModel:
+    _, arch, weights = (spec.split(":", 2) + [""])[:3]
+    arch, _, tag = arch.partition("@")
+    if not arch:
+        raise UserError(f"'{spec}': expected openclip:ARCH:TAG_OR_FILE or openclip:ARCH@TAG:FILE")
+    if tag:  # a weights file that is a known tag: weights from the file, identity from the tag
+        if not weights:
+            raise UserError(f"'{spec}': openclip:ARCH@TAG needs the weights file after it (openclip:{arch}@{tag}:FILE)")
+        teacher = load_teacher("checkpoint", model=arch, path=weights, pretrained=tag, device=device)
+    else:
+        teacher = load_teacher("openclip", model=arch, pretrained=weights, device=device)
+    return LoadedModel(teacher, name=arch, pretrained=tag or weights)
 
 
 def load_model(spec: str, device: str = "cpu") -> LoadedModel:
     """Load any supported model spec (see the module doc) for evaluation on ``device``."""
     if spec.startswith("openclip:"):
-        _, arch, weights = (spec.split(":", 2) + [""])[:3]
-        if not arch:
-            raise UserError(f"'{spec}': expected openclip:ARCH:TAG_OR_FILE")
-        teacher = load_teacher("openclip", model=arch, pretrained=weights, device=device)
-        return LoadedModel(teacher, name=arch, pretrained=weights)
+        return _from_openclip_spec(spec, device)
     if spec.startswith("hf:"):
         return LoadedModel(load_teacher("hf", path=spec[3:], device=device), name="hf", pretrained=spec[3:])
+    if spec.startswith(("local-dir:", "hf-hub:")):
+        return _from_folder(spec, device)
     if os.path.isdir(spec):
         if not os.path.isfile(os.path.join(spec, "open_clip_config.json")):
             raise UserError(f"{spec} has no open_clip_config.json (for a Hugging Face directory use hf:{spec})")
-        return _from_local_dir(spec, device)
+        return _from_folder(f"local-dir:{spec}", device)
     if os.path.isfile(spec):
         return _from_run_checkpoint(spec, device)
-    raise UserError(f"model '{spec}' is not a run checkpoint, an export directory, openclip:ARCH:TAG or hf:DIR")
+    raise UserError(f"model '{spec}' is not a run checkpoint, an export directory, local-dir:DIR, hf-hub:ORG/NAME, "
+                    f"openclip:ARCH:TAG_OR_FILE, openclip:ARCH@TAG:FILE or hf:DIR")
 
 
 def raw_model(loaded: LoadedModel) -> nn.Module | None:

@@ -1,9 +1,11 @@
 """The student: any open_clip architecture, with its tokenizer and its image preprocessing.
 
 ``build_student`` takes a clipdistill preset (``tiny``), any name of ``open_clip.list_models()``
-(``ViT-B-16``, ``RN50`` ...) or an inline open_clip config dict, so a custom student needs no code.
+(``ViT-B-16``, ``RN50`` ...), an inline open_clip config dict, or an open_clip model folder
+(``local-dir:DIR``) or hub repo (``hf-hub:org/name``), so a custom student needs no code.
 Construction is open_clip's ``create_model``; this module only resolves names, loads weights files
-safely and collects what the rest of the package needs next to the ``nn.Module``.
+safely, resolves the preprocessing those weights expect (:mod:`clipdistill.models.preprocess`) and
+collects what the rest of the package needs next to the ``nn.Module``.
 """
 from __future__ import annotations
 
@@ -17,7 +19,10 @@ import torch
 from torch import nn
 
 from clipdistill.errors import UserError
+from clipdistill.models import folders
 from clipdistill.models.checkpoints import load_state_dict_file, load_weights
+from clipdistill.models.guards import check_activation
+from clipdistill.models.preprocess import check_override, folder_preprocess, resolve_for_file, tag_preprocess, with_fields
 from clipdistill.models.presets import resolve_architecture
 from clipdistill.models.spec import ImageSpec
 
@@ -33,10 +38,12 @@ class Student:
         model: the open_clip ``nn.Module`` (CLIP / CustomTextCLIP). Training calls
             ``model.encode_image(x, normalize=False)`` for the raw embeddings losses expect.
         tokenizer: ``list[str] -> LongTensor (B, context_length)``, open_clip's tokenizer for the model.
-        image_spec: input size, mean, std and interpolation from the model's preprocess config.
+        image_spec: input size, mean, std, interpolation and resize mode its weights expect.
         model_cfg: the resolved open_clip config (``embed_dim``, ``vision_cfg``, ``text_cfg``), so a
             trained student can be exported as an open_clip model.
-        name: the open_clip architecture name (a preset name, or ``inline-<hash>`` for a dict).
+        name: the open_clip architecture name (a preset name, ``inline-<hash>`` for a dict, or the
+            ``local-dir:``/``hf-hub:`` name).
+        weights_file: the file its weights came from ("" for random init or a downloaded tag).
     """
 
     model: nn.Module
@@ -44,6 +51,7 @@ class Student:
     image_spec: ImageSpec
     model_cfg: dict
     name: str
+    weights_file: str = ""
 
     @property
     def embed_dim(self) -> int:
@@ -70,24 +78,43 @@ class Student:
         return self.model.encode_text(tokens, normalize=True)
 
 
-def build_student(model: str | dict, pretrained: str = "", patch_dropout: float | None = None) -> Student:
-    """Build an open_clip model by preset name, open_clip name or inline config dict.
+def build_student(model: str | dict, pretrained: str = "", patch_dropout: float | None = None, *, tag: str = "",
+                  preprocess: dict | None = None, setting: str = "student.preprocess") -> Student:
+    """Build an open_clip model by preset name, open_clip name, inline config dict or model folder.
 
     Args:
-        model: ``"tiny"``, ``"ViT-B-16"``, ``{"embed_dim": ..., "vision_cfg": ..., "text_cfg": ...}``.
+        model: ``"tiny"``, ``"ViT-B-16"``, ``{"embed_dim": ..., "vision_cfg": ..., "text_cfg": ...}``,
+            ``"local-dir:DIR"`` or ``"hf-hub:org/name"`` (config, weights and tokenizer of the folder).
         pretrained: ``""`` for random initialization (the usual start for distillation), an open_clip
             pretrained tag (downloaded by open_clip), or a local weights file in any format
             :func:`~clipdistill.models.checkpoints.load_state_dict_file` reads.
         patch_dropout: fraction of image patches open_clip drops in training mode (masked feature
             distillation, FLIP); ViT image towers only.
+        tag: the open_clip pretrained tag a weights file in ``pretrained`` is: weights from the file,
+            identity (preprocessing, activation) from the tag.
+        preprocess: explicit preprocessing fields (``mean``, ``std``, ``interpolation``,
+            ``resize_mode``) that win over what is resolved; ``setting`` is its config key (for errors).
     """
+    if folders.is_folder_name(model):
+        if pretrained or tag:  # open_clip would ignore it silently
+            raise UserError(f"{model} holds its own weights: leave pretrained empty (got '{pretrained or tag}')")
+        return _from_folder(model, patch_dropout, preprocess, setting)
     name = resolve_architecture(model)
     model_cfg = open_clip.get_model_config(name)
     if patch_dropout is not None:
         _require_open_clip_vit(name, model_cfg)  # before building (or downloading) anything
+    is_file = bool(pretrained) and _looks_like_file(pretrained)
+    if tag and not is_file:
+        raise UserError(f"tag '{tag}' names what a weights file is, but no weights file was given for {name}")
+    identity_tag = tag if is_file else pretrained
+    if identity_tag:  # before any download: a wrong activation or tag is known from open_clip's table
+        check_activation(name, model_cfg, identity_tag)
+    # Decided before gigabytes of weights are read: an undecidable file stops at once.
+    fields = image_spec_fields(name, pretrained, tag=tag, preprocess=preprocess, setting=setting)
     module = _create(name, pretrained)
-    student = Student(model=module, tokenizer=_tokenizer(name), image_spec=image_spec_of(module),
-                      model_cfg=model_cfg, name=name)
+    spec = with_fields(image_spec_of(module), fields)
+    student = Student(model=module, tokenizer=_tokenizer(name), image_spec=spec, model_cfg=model_cfg, name=name,
+                      weights_file=os.path.abspath(pretrained) if is_file else "")
     if patch_dropout is not None:
         student.drop_patches(patch_dropout)
     return student
@@ -103,6 +130,47 @@ def add_logit_bias(model: nn.Module, init: float = -10.0) -> None:
         model.logit_bias = nn.Parameter(torch.tensor(float(init)))
 
 
+def image_spec_fields(name: str, pretrained: str = "", *, tag: str = "", preprocess: dict | None = None,
+                      setting: str = "student.preprocess") -> dict:
+    """The preprocessing fields ``build_student`` gives weights ``pretrained`` of architecture ``name``.
+
+    Needs no weights: a trained student is rebuilt with the preprocessing it was trained with from its
+    run config alone (random init: only the override; a tag: its table entry; a file: as resolved).
+    """
+    if pretrained and _looks_like_file(pretrained):
+        return resolve_for_file(name, tag=tag, override=preprocess, setting=setting)
+    if pretrained:
+        return {**tag_preprocess(name, pretrained), **check_override(preprocess, setting)}
+    return check_override(preprocess, setting)
+
+
+def student_of_config(student_cfg: dict) -> Student:
+    """A run's student architecture with the preprocessing it was trained with (weights: random init)."""
+    model, preprocess = student_cfg["model"], student_cfg.get("preprocess") or None
+    if folders.is_folder_name(model):
+        return build_student(model, preprocess=preprocess)
+    fields = image_spec_fields(resolve_architecture(model), student_cfg.get("pretrained", ""), preprocess=preprocess)
+    return build_student(model, preprocess=fields)
+
+
+def _from_folder(name: str, patch_dropout: float | None, preprocess: dict | None, setting: str) -> Student:
+    """An open_clip model folder: its config, its weights (through our strict loader), its tokenizer."""
+    config = folders.read_config(name)
+    model_cfg = dict(config["model_cfg"])
+    if patch_dropout is not None:
+        _require_open_clip_vit(name, model_cfg)
+    fields = folder_preprocess(config.get("preprocess_cfg"), name, preprocess, setting)
+    tokenizer = folders.tokenizer(name, model_cfg)  # cheap checks first, then gigabytes of weights
+    weights = folders.weights_file(name)
+    module = _random_init(name, load_weights=False)
+    load_weights(module, load_state_dict_file(weights), weights)
+    student = Student(model=module, tokenizer=tokenizer, image_spec=with_fields(image_spec_of(module), fields),
+                      model_cfg=model_cfg, name=name, weights_file=os.path.abspath(weights))
+    if patch_dropout is not None:
+        student.drop_patches(patch_dropout)
+    return student
+
+
 def image_spec_of(model: nn.Module) -> ImageSpec:
     """The ImageSpec open_clip attached to ``model`` (its preprocess cfg)."""
     cfg = open_clip.get_model_preprocess_cfg(model)
@@ -112,7 +180,8 @@ def image_spec_of(model: nn.Module) -> ImageSpec:
             raise UserError(f"non-square model input {tuple(size)} is not supported (image size must be square)")
         size = size[0]
     return ImageSpec(size=int(size), mean=tuple(float(m) for m in cfg["mean"]),
-                     std=tuple(float(s) for s in cfg["std"]), interpolation=cfg.get("interpolation", "bicubic"))
+                     std=tuple(float(s) for s in cfg["std"]), interpolation=cfg.get("interpolation", "bicubic"),
+                     resize_mode=cfg.get("resize_mode", "shortest"))
 
 
 def _create(name: str, pretrained: str) -> nn.Module:
@@ -140,13 +209,14 @@ class _QuietRandomInit(logging.Filter):
         return "No pretrained weights loaded" not in record.getMessage()
 
 
-def _random_init(name: str) -> nn.Module:
+def _random_init(name: str, load_weights: bool = True) -> nn.Module:
     # pretrained_text=False: open_clip would otherwise download a Hugging Face text tower for
     # hf-text architectures, which a random-init student does not want (and offline cannot get).
+    # load_weights=False: a local-dir: folder's weights are loaded by our strict loader instead.
     quiet = _QuietRandomInit()
     logging.getLogger().addFilter(quiet)
     try:
-        return open_clip.create_model(name, pretrained=None, pretrained_text=False)
+        return open_clip.create_model(name, pretrained=None, pretrained_text=False, load_weights=load_weights)
     finally:
         logging.getLogger().removeFilter(quiet)
 
@@ -173,7 +243,7 @@ def _fetch_pretrained_tag(name: str, tag: str) -> None:
         reason = (str(err).splitlines() or [type(err).__name__])[0]
         raise UserError(f"could not fetch open_clip weights {name}/{tag} ({reason}); offline? download the "
                         f"file elsewhere and give its local path instead (e.g. teacher.source=checkpoint "
-                        f"teacher.path=FILE)") from None
+                        f"teacher.path=FILE teacher.pretrained={tag}: the tag keeps its preprocessing)") from None
 
 
 def _require_open_clip_vit(name: str, model_cfg: dict) -> None:

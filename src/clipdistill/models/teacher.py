@@ -3,10 +3,14 @@
 Three sources, one interface:
 
 - ``openclip``: an open_clip architecture (name, preset or inline dict) and a pretrained tag
-  (``ViT-L-14`` + ``laion400m_e32``, downloaded by open_clip) or a local weights file;
+  (``ViT-L-14`` + ``laion400m_e32``, downloaded by open_clip) or a local weights file; or an open_clip
+  model folder ``local-dir:DIR`` / hub repo ``hf-hub:org/name`` as the model (config, weights, tokenizer);
 - ``checkpoint``: an architecture and a local weights file (raw state_dict, ``{"state_dict": ...}``,
-  ``{"model": ...}``, ``module.`` prefixes, ``.safetensors``);
-- ``hf``: a local Hugging Face ``CLIPModel`` directory.
+  ``{"model": ...}``, ``module.`` prefixes, ``.safetensors``), optionally with the pretrained tag the
+  file is (its preprocessing and activation then come from open_clip's table);
+- ``hf``: a local Hugging Face CLIP / SigLIP / SigLIP 2 / MetaCLIP 2 directory.
+
+Preprocessing is resolved as :mod:`clipdistill.models.preprocess` says; ``preprocess`` overrides it.
 
 Frozen by construction: no parameter requires grad, ``.train()`` cannot switch it out of eval mode,
 and forward runs under ``torch.inference_mode``.
@@ -22,6 +26,7 @@ from torch import nn
 
 from clipdistill.embeddings import Embeddings
 from clipdistill.errors import UserError
+from clipdistill.models import folders
 from clipdistill.models.checkpoints import file_sha256
 from clipdistill.models.spec import ImageSpec
 from clipdistill.models.student import Tokenizer, build_student
@@ -46,10 +51,12 @@ class Teacher(nn.Module):
         precision: ``"bf16"`` runs under bf16 autocast on any device; ``"auto"`` does on CUDA only
             (bf16 matmuls are slow on CPUs without AVX512-BF16 or AMX); ``"fp32"`` never.
             Outputs are float32 either way.
+        model_cfg: the open_clip config it was built from (None for a Hugging Face model): what
+            ``clipdistill inspect`` reports (activation).
     """
 
     def __init__(self, encoder: nn.Module, *, tokenizer: Tokenizer, image_spec: ImageSpec, embed_dim: int,
-                 identity: dict, precision: str = "fp32"):
+                 identity: dict, precision: str = "fp32", model_cfg: dict | None = None):
         super().__init__()
         self.precision = _check_precision(precision)
         self.encoder = encoder
@@ -57,6 +64,7 @@ class Teacher(nn.Module):
         self.image_spec = image_spec
         self.embed_dim = int(embed_dim)
         self.identity = dict(identity)
+        self.model_cfg = model_cfg
         self.requires_grad_(False)
         self.train(False)
 
@@ -71,7 +79,7 @@ class Teacher(nn.Module):
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> Embeddings:
         """Normalized float32 embeddings of a batch, as plain tensors usable in any loss."""
         return Embeddings(image=self.encode_image(images), text=self.encode_text(tokens),
-                          logit_scale=self.logit_scale(), normalized=True)
+                          logit_scale=self.logit_scale(), normalized=True, logit_bias=self.logit_bias())
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self._encode(self.encoder.encode_image, images)
@@ -83,6 +91,14 @@ class Teacher(nn.Module):
         """The multiplicative scale ``exp(log_scale)`` (0-d float32), as open_clip's forward returns it."""
         with torch.no_grad():
             return self.encoder.logit_scale.detach().float().exp().reshape(())
+
+    def logit_bias(self) -> torch.Tensor | None:
+        """The additive bias of a sigmoid-trained teacher (0-d float32), None for a softmax one."""
+        bias = getattr(self.encoder, "logit_bias", None)
+        if bias is None:
+            return None
+        with torch.no_grad():
+            return bias.detach().float().reshape(())
 
     def _encode(self, encode, inputs: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), self._autocast():
@@ -105,30 +121,34 @@ class Teacher(nn.Module):
 
 
 def load_teacher(source: str, *, model: str | dict = "", pretrained: str = "", path: str = "",
-                 device: str | torch.device = "cpu", precision: str = "fp32") -> Teacher:
+                 device: str | torch.device = "cpu", precision: str = "fp32", preprocess: dict | None = None) -> Teacher:
     """Load a frozen teacher.
 
     Args:
-        source: ``"openclip"`` (``model`` + ``pretrained`` tag or file), ``"checkpoint"`` (``model`` +
-            ``path`` to a weights file) or ``"hf"`` (``path`` to a Hugging Face CLIPModel directory).
-        model: open_clip architecture name, clipdistill preset or inline open_clip config dict.
+        source: ``"openclip"`` (``model`` + ``pretrained`` tag or file, or ``model`` = ``local-dir:DIR`` /
+            ``hf-hub:org/name``), ``"checkpoint"`` (``model`` + ``path`` to a weights file, ``pretrained``
+            = the tag the file is, optional) or ``"hf"`` (``path`` to a Hugging Face directory).
+        model: open_clip architecture name, clipdistill preset, inline open_clip config dict or folder name.
         pretrained: open_clip pretrained tag (``laion400m_e32``) or local file; empty = random weights.
+            With ``checkpoint``: the tag whose preprocessing and activation the file has.
         path: weights file (checkpoint) or directory (hf).
         device: where the teacher runs.
         precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU) | ``fp32`` | ``bf16`` (bf16 autocast on
             any device: on a CPU with AVX512-BF16 or AMX it is the faster one).
+        preprocess: ``teacher.preprocess``: mean / std / interpolation / resize_mode that override the
+            resolved preprocessing (needed only where open_clip's tables cannot decide).
     """
     precision = _check_precision(precision)  # before loading gigabytes of weights
     if source == "openclip":
-        teacher = _from_open_clip(model, pretrained, source, precision)
+        teacher = _from_open_clip(model, pretrained, "", source, precision, preprocess)
     elif source == "checkpoint":
         if not path:
             raise UserError("teacher.source=checkpoint needs teacher.path (a weights file)")
         if not os.path.isfile(path):
             raise UserError(f"teacher checkpoint file not found: {path}")
-        teacher = _from_open_clip(model, path, source, precision)
+        teacher = _from_open_clip(model, path, pretrained, source, precision, preprocess)
     elif source == "hf":
-        teacher = _from_hf(path, precision)
+        teacher = _from_hf(path, precision, preprocess)
     else:
         raise UserError(f"unknown teacher source '{source}' (choose from {', '.join(SOURCES)})")
     return teacher.to(device)
@@ -140,28 +160,36 @@ def _check_precision(precision: str) -> str:
     return precision
 
 
-def _from_open_clip(model: str | dict, weights: str, source: str, precision: str) -> Teacher:
+def _from_open_clip(model: str | dict, weights: str, tag: str, source: str, precision: str,
+                    preprocess: dict | None) -> Teacher:
     if not model:
         raise UserError(f"teacher.source={source} needs teacher.model (an open_clip name, preset or config)")
     # An open_clip model with its tokenizer and preprocessing: exactly what a student bundle holds.
-    built = build_student(model, pretrained=weights)
-    is_file = bool(weights) and os.path.isfile(weights)
-    identity = {"source": source, "model": model, "pretrained": "" if source == "checkpoint" else weights,
-                "path": os.path.abspath(weights) if is_file else "",
-                "weights_sha256": file_sha256(weights) if is_file else None}
-    return Teacher(built.model, tokenizer=built.tokenizer, image_spec=built.image_spec,
-                   embed_dim=built.embed_dim, identity=identity, precision=precision)
+    built = build_student(model, pretrained=weights, tag=tag, preprocess=preprocess, setting="teacher.preprocess")
+    file = built.weights_file
+    identity = {"source": source, "model": model, "pretrained": tag if source == "checkpoint" else weights,
+                "path": os.path.dirname(file) if file and folders.is_folder_name(model) else file,
+                "weights_sha256": file_sha256(file) if file else None}
+    if preprocess:  # part of what the teacher is: a hybrid cache run reloads it from this identity
+        identity["preprocess"] = dict(preprocess)
+    return Teacher(built.model, tokenizer=built.tokenizer, image_spec=built.image_spec, embed_dim=built.embed_dim,
+                   identity=identity, precision=precision, model_cfg=built.model_cfg)
 
 
-def _from_hf(path: str, precision: str) -> Teacher:
+def _from_hf(path: str, precision: str, preprocess: dict | None = None) -> Teacher:
     from clipdistill.models.hf import load_hf_clip  # keeps transformers optional
+    from clipdistill.models.preprocess import check_override, with_fields
 
     if not path:
-        raise UserError("teacher.source=hf needs teacher.path (a Hugging Face CLIPModel directory)")
+        raise UserError("teacher.source=hf needs teacher.path (a Hugging Face model directory)")
     if not os.path.isdir(path):
         raise UserError(f"Hugging Face model directory not found: {path}")
     hf = load_hf_clip(path)
     identity = {"source": "hf", "model": "", "pretrained": "", "path": os.path.abspath(path),
                 "weights_sha256": hf.weights_sha256}
-    return Teacher(hf.encoder, tokenizer=hf.tokenizer, image_spec=hf.image_spec,
+    spec = hf.image_spec
+    if preprocess:
+        spec = with_fields(spec, check_override(preprocess, "teacher.preprocess"))
+        identity["preprocess"] = dict(preprocess)
+    return Teacher(hf.encoder, tokenizer=hf.tokenizer, image_spec=spec,
                    embed_dim=hf.encoder.embed_dim, identity=identity, precision=precision)
