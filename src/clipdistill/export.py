@@ -22,9 +22,8 @@ import torch
 
 from clipdistill.atomic import write_atomic, write_text_atomic
 from clipdistill.errors import UserError
-from clipdistill.models.checkpoints import load_weights
 from clipdistill.models.load_any import load_run_checkpoint
-from clipdistill.models.student import student_of_config
+from clipdistill.models.student import trained_student
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -42,10 +41,7 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def load_student(checkpoint: str | Path):
     """The run checkpoint's student (open_clip model, architecture, image spec), weights loaded strictly."""
-    state = load_run_checkpoint(checkpoint)
-    student = student_of_config(state["config"]["student"])
-    load_weights(student.model, state["student"], checkpoint)
-    return student
+    return trained_student(load_run_checkpoint(checkpoint), checkpoint)
 
 
 def export_run(checkpoint: str | Path, out_dir: str | Path) -> Path:

@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 from clipdistill.errors import UserError
-from clipdistill.models.checkpoints import load_weights
-from clipdistill.models.student import student_of_config
+from clipdistill.models.student import trained_student
 from clipdistill.models.teacher import load_teacher
 
 
@@ -67,8 +66,7 @@ def student_architecture(state: dict):
 def _from_run_checkpoint(path: str, device: str) -> LoadedModel:
     state = load_run_checkpoint(path)
     architecture = student_architecture(state)
-    student = student_of_config(state["config"]["student"])
-    load_weights(student.model, state["student"], path)
+    student = trained_student(state, path)
     student.model.to(device).eval()
     name = architecture if isinstance(architecture, str) else student.name
     return LoadedModel(student, name=name, pretrained=path, objective_state=state.get("objective"))

@@ -153,6 +153,20 @@ def student_of_config(student_cfg: dict) -> Student:
     return build_student(model, preprocess=fields)
 
 
+def trained_student(state: dict, source) -> Student:
+    """The student of a clipdistill run checkpoint (``state``, from ``source``) with its trained weights.
+
+    A student trained with a sigmoid loss carries a logit bias: it gets the parameter back, and its
+    ``model_cfg`` says ``init_logit_bias`` so that an exported open_clip model has one too.
+    """
+    student = student_of_config(state["config"]["student"])
+    if "logit_bias" in state["student"]:
+        add_logit_bias(student.model)
+        student.model_cfg["init_logit_bias"] = float(state["student"]["logit_bias"])
+    load_weights(student.model, state["student"], source)
+    return student
+
+
 def _from_folder(name: str, patch_dropout: float | None, preprocess: dict | None, setting: str) -> Student:
     """An open_clip model folder: its config, its weights (through our strict loader), its tokenizer."""
     config = folders.read_config(name)
