@@ -5,7 +5,8 @@ Three sources, one interface:
 - ``openclip``: an open_clip architecture (name, preset or inline dict) and a pretrained tag
   (``ViT-L-14`` + ``laion400m_e32``, downloaded by open_clip) or a local weights file;
 - ``checkpoint``: an architecture and a local weights file (raw state_dict, ``{"state_dict": ...}``,
-  ``{"model": ...}``, ``module.`` prefixes, ``.safetensors``);
+  ``{"model": ...}``, ``module.`` prefixes, ``.safetensors``), or a clipdistill run (its directory or
+  one of its checkpoints): the run's student, its architecture read from the run's stored config;
 - ``hf``: a local Hugging Face ``CLIPModel`` directory.
 
 Frozen by construction: no parameter requires grad, ``.train()`` cannot switch it out of eval mode,
@@ -22,7 +23,7 @@ from torch import nn
 
 from clipdistill.embeddings import Embeddings
 from clipdistill.errors import UserError
-from clipdistill.models.checkpoints import file_sha256
+from clipdistill.models.checkpoints import file_sha256, load_weights, newest_checkpoint_if_run, read_weights
 from clipdistill.models.spec import ImageSpec
 from clipdistill.models.student import Tokenizer, build_student
 
@@ -110,7 +111,9 @@ def load_teacher(source: str, *, model: str | dict = "", pretrained: str = "", p
 
     Args:
         source: ``"openclip"`` (``model`` + ``pretrained`` tag or file), ``"checkpoint"`` (``model`` +
-            ``path`` to a weights file) or ``"hf"`` (``path`` to a Hugging Face CLIPModel directory).
+            ``path`` to a weights file, or ``path`` to a clipdistill run directory or run checkpoint,
+            whose architecture ``model`` may then omit) or ``"hf"`` (``path`` to a Hugging Face
+            CLIPModel directory).
         model: open_clip architecture name, clipdistill preset or inline open_clip config dict.
         pretrained: open_clip pretrained tag (``laion400m_e32``) or local file; empty = random weights.
         path: weights file (checkpoint) or directory (hf).
@@ -122,11 +125,7 @@ def load_teacher(source: str, *, model: str | dict = "", pretrained: str = "", p
     if source == "openclip":
         teacher = _from_open_clip(model, pretrained, source, precision)
     elif source == "checkpoint":
-        if not path:
-            raise UserError("teacher.source=checkpoint needs teacher.path (a weights file)")
-        if not os.path.isfile(path):
-            raise UserError(f"teacher checkpoint file not found: {path}")
-        teacher = _from_open_clip(model, path, source, precision)
+        teacher = _from_checkpoint(model, path, precision)
     elif source == "hf":
         teacher = _from_hf(path, precision)
     else:
@@ -151,6 +150,37 @@ def _from_open_clip(model: str | dict, weights: str, source: str, precision: str
                 "weights_sha256": file_sha256(weights) if is_file else None}
     return Teacher(built.model, tokenizer=built.tokenizer, image_spec=built.image_spec,
                    embed_dim=built.embed_dim, identity=identity, precision=precision)
+
+
+def _from_checkpoint(model: str | dict, path: str, precision: str) -> Teacher:
+    """A weights file (``model`` names its architecture) or a clipdistill run's student (its own config does)."""
+    if not path:
+        raise UserError("teacher.source=checkpoint needs teacher.path (a weights file, or a clipdistill run "
+                        "directory or checkpoint)")
+    file = newest_checkpoint_if_run(path)
+    if not file.is_file():
+        raise UserError(f"teacher checkpoint file not found: {path}")
+    weights = read_weights(file)
+    architecture = _checkpoint_architecture(model, weights.architecture, file)
+    built = build_student(architecture)
+    load_weights(built.model, weights.state_dict, file)
+    identity = {"source": "checkpoint", "model": architecture, "pretrained": "", "path": os.path.abspath(file),
+                "weights_sha256": file_sha256(file)}
+    return Teacher(built.model, tokenizer=built.tokenizer, image_spec=built.image_spec,
+                   embed_dim=built.embed_dim, identity=identity, precision=precision)
+
+
+def _checkpoint_architecture(model: str | dict, stored: str | dict | None, file) -> str | dict:
+    """``teacher.model``, or the architecture a run checkpoint stores; both given, they must agree."""
+    if stored is None:
+        if not model:
+            raise UserError(f"teacher.source=checkpoint needs teacher.model (an open_clip name, preset or config) "
+                            f"for the plain weights file {file}")
+        return model
+    if model and model != stored:
+        raise UserError(f"teacher.model {model!r} differs from the architecture run checkpoint {file} was trained "
+                        f"with ({stored!r}): leave teacher.model empty to use the stored one")
+    return stored
 
 
 def _from_hf(path: str, precision: str) -> Teacher:
