@@ -29,7 +29,7 @@ from clipdistill.cache.index import write_index
 from clipdistill.cache.storage import DTYPES, check_encoding, read_meta, shard_path, write_shard
 from clipdistill.cache.units import Unit, decode_item, plan_units, raw_items, units_of_rank, with_image_ids
 from clipdistill.data.bad_samples import BadSample
-from clipdistill.data.loader import sample_generator
+from clipdistill.data.loader import _as_is, sample_generator
 from clipdistill.data.transforms import apply_view, sample_view
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,6 @@ class _RenderedItems(IterableDataset):
         params, pixels = render_views(sample["image"], sample["key"], **self.render)
         return {"unit": unit, "key": sample["key"], "index": sample["index"], "caption": sample["caption"],
                 "image_id": image_id, "view": params, "pixels": pixels}
-
-
-def _as_is(item):
-    return item
 
 
 class _UnitBuffer:
