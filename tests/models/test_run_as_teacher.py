@@ -54,10 +54,15 @@ def test_run_directory_as_teacher_embeds_as_the_run_student(teacher_run):
         torch.testing.assert_close(out.text, expected_text)
         torch.testing.assert_close(out.logit_scale, expected_scale)
         assert teacher.identity["model"] == "tiny-teacher" and teacher.identity["path"] == str(checkpoint)
-    # The same model through eval's loader (a run directory as --model).
-    loaded = load_model(str(teacher_run))
+    # The same model through eval's loader (a run directory as --model, or openclip:ARCH:RUN_CHECKPOINT), and
+    # as a student initialized from the run (student.pretrained=RUN_DIR).
+    for spec in (str(teacher_run), f"openclip:tiny-teacher:{checkpoint}"):
+        loaded = load_model(spec)
+        with torch.no_grad():
+            torch.testing.assert_close(F.normalize(loaded.encoder.encode_image(images), dim=-1), expected_image)
+    inherited = build_student("tiny-teacher", pretrained=str(teacher_run)).model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(F.normalize(loaded.encoder.encode_image(images), dim=-1), expected_image)
+        torch.testing.assert_close(F.normalize(inherited.encode_text(tokens), dim=-1), expected_text)
 
 
 def test_distill_from_a_run_directory_on_the_command_line(teacher_run, tmp_path):
