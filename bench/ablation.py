@@ -3,9 +3,11 @@
     python bench/ablation.py --data synthetic --out runs/ablation-synthetic
     python bench/ablation.py --data flickr8k  --out runs/ablation-flickr8k [--flickr-dir ../shared/data/flickr8k]
 
-The teacher is trained once (reused when DIR/teacher/teacher.pt exists) on the whole training set, then
-embeds the students' rows once into a teacher cache (``clipdistill cache``, 4 augmented views per row;
-``--teacher-cache-views 0`` runs the teacher live on every batch instead). Every student trains on the
+The teacher is trained once (reused when DIR/teacher holds its results and a checkpoint) on the whole
+training set; that run is the students' teacher (``teacher.source=checkpoint teacher.path=DIR/teacher``).
+It embeds the students' rows once into a teacher cache (``clipdistill cache``, 4 augmented views per row;
+``--teacher-cache-views 0`` runs the teacher live on every batch instead). The CLIP-CID rows run
+``cache → curate → cluster`` on the student rows (clipdistill.curate.recipe). Every student trains on the
 same fixed subset (the teacher has seen more data, as in the paper) for the same number of steps, then
 is evaluated on held-out images with all their captions. Writes ``DIR/ablation.json`` (per method:
 retrieval R@1/5/10 both directions, their mean, seconds), ``DIR/ablation.md`` and ``DIR/ablation.png``.
@@ -19,18 +21,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import logging
 import time
 from pathlib import Path
 
-import torch
-
 from clipdistill import config as config_lib
 from clipdistill.curate.recipe import cid_losses, prepare_cid_data
-from clipdistill.data import build_dataset
-from clipdistill.models import load_teacher
-from clipdistill.train.checkpoint import list_checkpoints, load
+from clipdistill.models.checkpoints import list_checkpoints
 from clipdistill.train.loop import run
 
 log = logging.getLogger("clipdistill.ablation")
@@ -67,8 +66,7 @@ def synthetic_setup(out: Path, args) -> dict:
             "teacher": {"student": {"model": "tiny-teacher"}, "data": {"subset": 0},
                         "train": {"steps": args.teacher_steps or 900}},
             "student": {"student": {"model": "tiny"}, "data": {"subset": 2000},
-                        "train": {"steps": args.student_steps or 400}},
-            "teacher_arch": "tiny-teacher"}
+                        "train": {"steps": args.student_steps or 400}}}
 
 
 def write_flickr_csv(flickr_dir: Path, path: Path, images: int = 0) -> int:
@@ -137,36 +135,30 @@ def flickr_setup(out: Path, args) -> dict:
             "teacher": {"student": {"model": FLICKR_TEACHER}, "data": {"path": str(train_csv), "subset": 0},
                         "train": {"steps": args.teacher_steps or 1000}},
             "student": {"student": {"model": FLICKR_STUDENT}, "data": {"path": str(student_csv), "subset": 0},
-                        "train": {"steps": args.student_steps or 400}},
-            "teacher_arch": FLICKR_TEACHER}
+                        "train": {"steps": args.student_steps or 400}}}
 
 
 def merged(*parts: dict) -> dict:
-    out: dict = {}
-    for part in parts:
-        for key, value in part.items():
-            out[key] = merged(out.get(key, {}), value) if isinstance(value, dict) and key != "losses" else value
-    return out
+    """Config sections, later parts over earlier ones, as a YAML's values over its ``base:``."""
+    return functools.reduce(config_lib.deep_merge, parts, {})
 
 
 BASE = {"optim": {"lr": 1e-3, "warmup_steps": 30}, "train": {"batch_size": 128, "log_every": 50,
                                                              "save_every": 1000000, "keep_checkpoints": 1}}
 
 
-def train_teacher(setup: dict, out: Path, progress: bool) -> tuple[Path, dict]:
-    weights = out / "teacher" / "teacher.pt"
-    result_file = out / "teacher" / "results.json"
-    if weights.is_file() and result_file.is_file():
-        log.info("reusing teacher %s", weights)
-        return weights, json.loads(result_file.read_text())
+def train_teacher(setup: dict, out: Path, progress: bool) -> tuple[dict, dict]:
+    """The teacher run (trained unless DIR/teacher already holds it) and the ``teacher`` section naming it."""
+    run_dir = out / "teacher"
+    teacher = {"teacher": {"source": "checkpoint", "path": str(run_dir)}}  # its architecture: from its config
+    if (run_dir / "results.json").is_file() and list_checkpoints(run_dir / "checkpoints"):
+        log.info("reusing teacher %s", run_dir)
+        return teacher, json.loads((run_dir / "results.json").read_text())
     data = merged(BASE, setup["common"], setup["teacher"], {"train": {"progress": progress}})
-    results = run(config_lib.from_dict(data), out / "teacher")
-    state = load(list_checkpoints(out / "teacher" / "checkpoints")[-1])
-    torch.save(state["student"], weights)
-    return weights, results
+    return teacher, run(config_lib.from_dict(data), run_dir)
 
 
-def cached_teacher(setup: dict, out: Path, teacher_weights: Path, views: int, progress: bool) -> dict:
+def cached_teacher(setup: dict, out: Path, teacher: dict, views: int, progress: bool) -> dict:
     """Embed the students' rows once with the teacher, ``views`` augmented crops each (``clipdistill cache``).
 
     Every KD run then replays stored crops and costs what the student alone costs; the teacher's
@@ -175,8 +167,8 @@ def cached_teacher(setup: dict, out: Path, teacher_weights: Path, views: int, pr
     from clipdistill.cache.command import build_cache
 
     cache_dir = out / "teacher_cache"
-    data = merged(BASE, setup["common"], setup["student"], {"train": {"progress": progress}, "cache": {"views": views},
-                  "teacher": {"source": "checkpoint", "model": setup["teacher_arch"], "path": str(teacher_weights)}})
+    data = merged(BASE, setup["common"], setup["student"], teacher, {"train": {"progress": progress},
+                                                                     "cache": {"views": views}})
     build_cache(config_lib.from_dict(data), str(cache_dir))
     return {"teacher": {"source": "cache", "path": str(cache_dir)}}
 
@@ -193,16 +185,14 @@ def row(results: dict) -> dict:
 CID_METHODS = ("cid_full", "cid_balanced", "clipkd_balanced", "baseline_balanced", "baseline_random")
 
 
-def prepare_cid(setup: dict, out: Path, teacher_weights: Path, data: str):
-    """Teacher embeddings of the student subset -> balanced keep list, random keep list, cluster centres."""
-    teacher = load_teacher("checkpoint", model=setup["teacher_arch"], path=str(teacher_weights))
-    spec = setup["common"]["data"]
-    spec = merged(spec, setup["student"]["data"])
-    dataset = build_dataset(spec["kind"], path=spec.get("path", ""), num_samples=spec.get("num_samples", 0),
-                            seed=spec.get("seed", 0))
+def prepare_cid(setup: dict, out: Path, teacher: dict, data: str, progress: bool):
+    """``cache → curate → cluster`` of the student subset: balanced keep list, random keep list, cluster centres."""
+    subset = merged(BASE, setup["common"], setup["student"], teacher, {"train": {"progress": progress}})
+    if subset["data"].get("subset"):  # the synthetic students' first rows: a corpus of that size is exactly them
+        subset = merged(subset, {"data": {"num_samples": subset["data"]["subset"], "subset": 0}})
     # Flickr rows repeat each image with 5 captions: curate on image and caption, or an image's rows are "duplicates".
-    return prepare_cid_data(teacher, dataset, rows=spec["subset"] or len(dataset), out_dir=out / "cid",
-                            space="image" if data == "synthetic" else "both")
+    return prepare_cid_data(config_lib.from_dict(subset), out_dir=out / "cid",
+                            space="image" if data == "synthetic" else "both", progress=progress)
 
 
 def cid_overrides(name: str, cid) -> dict:
@@ -261,13 +251,12 @@ def main() -> None:
     out = Path(args.out)
     setup = synthetic_setup(out, args) if args.data == "synthetic" else flickr_setup(out, args)
 
-    teacher_weights, teacher_results = train_teacher(setup, out, args.progress)
+    teacher_run, teacher_results = train_teacher(setup, out, args.progress)
     table = {"teacher": row(teacher_results)}
     views = args.teacher_cache_views if args.teacher_cache_views >= 0 else 4
-    teacher = cached_teacher(setup, out, teacher_weights, views, args.progress) if views else \
-        {"teacher": {"source": "checkpoint", "model": setup["teacher_arch"], "path": str(teacher_weights)}}
+    teacher = cached_teacher(setup, out, teacher_run, views, args.progress) if views else teacher_run
     needs_cid = any(name in CID_METHODS for name in args.methods.split(","))
-    cid = prepare_cid(setup, out, teacher_weights, args.data) if needs_cid else None
+    cid = prepare_cid(setup, out, teacher_run, args.data, args.progress) if needs_cid else None
     students = out / f"seed{args.seed}" if args.seed else out
     title = f"CLIP-KD ablation on {args.data}" + (f", student seed {args.seed}" if args.seed else "")
     for name in args.methods.split(","):

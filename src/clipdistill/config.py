@@ -1,6 +1,7 @@
 """Experiment configuration: a typed dataclass schema, YAML files, dotted ``key=value`` overrides.
 
-A config is read from YAML (``yaml.safe_load``: nothing in it is ever evaluated as code), merged with
+A config is read from YAML (``yaml.safe_load``: nothing in it is ever evaluated as code), itself merged over
+the file its ``base:`` key names, if any (relative to it: ``base: baseline.yaml``), then merged with
 command-line overrides such as ``train.steps=500`` or ``losses.fd.weight=2``, and checked against the
 schema below: an unknown key or a value of the wrong type stops with one line naming the key. The
 resolved config is written to the run directory and into every checkpoint.
@@ -248,19 +249,51 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Read a YAML experiment file (optional), apply overrides, validate."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+    """Read a YAML experiment file (optional) and the files it builds on, apply overrides, validate."""
+    data = _read_with_bases(Path(path), ()) if path is not None else {}
     return from_dict(apply_overrides(data, list(overrides)))
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
+    """A YAML file's values over those of the file its ``base:`` names (a path relative to it), recursively.
+
+    ``base: baseline.yaml`` lets an ablation state only what differs: mappings merge key by key
+    (``losses:`` adds terms to the base's), anything else replaces the base's value.
+    """
+    if path.resolve() in chain:
+        names = " -> ".join(str(p) for p in (*chain, path.resolve()))
+        raise ConfigError(f"config files name each other as base in a cycle: {names}")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: 'base' expects the path of another YAML file, got {base!r}")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: its base file {base_path} was not found (a base path is relative to the file)")
+    return deep_merge(_read_with_bases(base_path, (*chain, path.resolve())), data)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` over ``base``: mappings on both sides merge recursively, any other value replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        both_mappings = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = deep_merge(merged[key], value) if both_mappings else value
+    return merged
 
 
 def to_dict(config: Config) -> dict:

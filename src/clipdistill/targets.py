@@ -65,7 +65,7 @@ class LiveTeacherTargets:
                            tokenizers={"teacher_text": student.tokenizer if same else self.teacher.tokenizer})
 
     def __call__(self, batch: dict) -> Embeddings:
-        if not self._context_reported:
+        if not self._context_reported and "caption" in batch:
             self._report_truncation(batch["caption"])
         images = batch["teacher_image"].to(self.device, non_blocking=True)
         tokens = batch["teacher_text"].to(self.device, non_blocking=True)

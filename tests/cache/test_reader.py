@@ -60,6 +60,7 @@ def test_stored_views_are_read_per_row_from_the_shards(tmp_path):
             cache.stored_views(outside)
 
 
+@pytest.mark.slow  # a timing/memory budget: meaningful on a quiet machine only
 def test_opening_a_cache_reads_no_embeddings_until_rows_are_gathered(tmp_path):
     # 2 shards of 6 000 x 2 views x 1 024 fp16 = 48 MiB of image embeddings.
     image, text = _write_cache(tmp_path, [6000, 6000], dim=1024)

@@ -75,6 +75,7 @@ def test_the_index_is_memory_mapped_and_older_or_compressed_ones_still_read(tmp_
         assert KeyIndex.load(tmp_path).rows(["k1", "k0", "x"]).tolist() == [2, 1, -1]
 
 
+@pytest.mark.slow  # a timing/memory budget: meaningful on a quiet machine only
 def test_loading_a_large_index_takes_no_private_memory(tmp_path):
     keys = [f"row{i:09d}" for i in range(1_000_000)]  # 48 MB of keys and 8 MB of rows
     write_index(tmp_path, [keys[::2], keys[1::2]])

@@ -176,6 +176,7 @@ def test_classification_is_balanced_and_labels_match_pixels():
     assert set(labels.values()) == {4}
 
 
+@pytest.mark.slow  # a timing/memory budget: meaningful on a quiet machine only
 def test_rendering_is_fast():
     data = SyntheticPairs(400)
     start = time.perf_counter()

@@ -29,7 +29,7 @@ def test_teacher_weights_with_code_are_refused(tmp_path):
     marker = tmp_path / "pwned"
     with pytest.raises(UserError) as err:
         load_state_dict_file(crafted(tmp_path / "teacher.pt", marker))
-    assert "refusing to unpickle code" in str(err.value) and "\n" not in str(err.value)
+    assert "refusing to load checkpoint" in str(err.value) and "\n" not in str(err.value)
     assert not marker.exists()
 
 
@@ -58,7 +58,7 @@ def test_cli_refuses_both_in_one_line(tmp_path, capsys):
     assert cli.main([*common, "--out", str(tmp_path / "kd"), "teacher.source=checkpoint", "teacher.model=tiny",
                      f"teacher.path={teacher}", "losses.fd.weight=1.0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "refusing to unpickle code" in err and "\n" not in err
+    assert "refusing to load checkpoint" in err and "\n" not in err
     assert not marker.exists()
 
 

@@ -53,7 +53,7 @@ class _RunsCode:
 def test_pickle_that_would_run_code_is_refused(tmp_path):
     path, marker = tmp_path / "evil.pt", tmp_path / "was_executed"
     torch.save({"state_dict": dict(STATE), "payload": _RunsCode(str(marker))}, path)
-    with pytest.raises(UserError, match=f"refusing to unpickle code from {path}"):
+    with pytest.raises(UserError, match=f"refusing to load checkpoint {path}: it holds pickled code"):
         load_state_dict_file(path)
     assert not marker.exists()
 
@@ -62,7 +62,7 @@ def test_missing_corrupt_and_non_state_dict_files_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="checkpoint file not found: .*absent.pt"):
         load_state_dict_file(tmp_path / "absent.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(UserError, match="cannot read checkpoint"):
+    with pytest.raises(UserError, match="cannot load checkpoint"):
         load_state_dict_file(tmp_path / "garbage.pt")
     (tmp_path / "garbage.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
     with pytest.raises(UserError, match="cannot read safetensors"):

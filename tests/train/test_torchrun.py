@@ -10,7 +10,8 @@ SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 
 def test_torchrun_two_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    # --standalone: torchrun binds a free port itself (a fixed one collides with any other run on the machine).
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "clipdistill.cli", "train", str(SMOKE), "--out", str(tmp_path),
                "train.steps=4", "train.save_every=2", "train.batch_size=8", "train.progress=false",
                "eval.num_images=24", "train.log_every=2"]

@@ -29,7 +29,7 @@ from clipdistill.cache.index import write_index
 from clipdistill.cache.storage import DTYPES, check_encoding, read_meta, shard_path, write_shard
 from clipdistill.cache.units import Unit, decode_item, plan_units, raw_items, units_of_rank, with_image_ids
 from clipdistill.data.bad_samples import BadSample
-from clipdistill.data.batch import sample_generator
+from clipdistill.data.batch import as_is, sample_generator
 from clipdistill.data.transforms import apply_view, sample_view
 from clipdistill.models.guards import count_truncated
 
@@ -83,10 +83,6 @@ class _RenderedItems(IterableDataset):
         params, pixels = render_views(sample["image"], sample["key"], **self.render)
         return {"unit": unit, "key": sample["key"], "index": sample["index"], "caption": sample["caption"],
                 "image_id": image_id, "view": params, "pixels": pixels}
-
-
-def _as_is(item):
-    return item
 
 
 class _UnitBuffer:
@@ -180,7 +176,7 @@ def write_shards(dataset, teacher, out_dir: str | Path, units: list[Unit], *, vi
         log.info("resuming: %d of %d shards of this rank already written", len(units) - len(todo), len(units))
     render = dict(views=views, spec=teacher.image_spec, scale=tuple(scale), ratio=tuple(ratio), hflip=hflip,
                   seed=seed)
-    items = DataLoader(_RenderedItems(dataset, todo, render), batch_size=None, collate_fn=_as_is,
+    items = DataLoader(_RenderedItems(dataset, todo, render), batch_size=None, collate_fn=as_is,
                        num_workers=workers)
     sizes = [u.size_hint for u in todo]
     bar = tqdm(total=sum(sizes) if None not in sizes else None, desc="cache", unit="sample", dynamic_ncols=True,

@@ -1,16 +1,24 @@
-"""The CLIP-CID data pipeline on a training subset: teacher embeddings → balanced keep list → cluster centres.
+"""The CLIP-CID data pipeline on a training subset, through the real commands: ``cache → curate → cluster``.
 
-    cid = prepare_cid_data(teacher, dataset, rows=2000, out_dir="runs/x/cid")
-    losses = cid_losses(cid.centroids)          # clip + cid_cluster + cid_instance
+    cid = prepare_cid_data(subset_config, out_dir="runs/x/cid")   # teacher + data sections of the subset
+    losses = cid_losses(cid.centroids)                           # clip + cid_cluster + cid_instance
     train with data.subset=2000 data.keep=<cid.keep>
 
-Shared by ``clipdistill demo`` and ``bench/ablation.py``. ``space`` is what curation compares:
-``image`` (CLIP-CID) or ``both`` (image ⊕ caption), which a dataset with several captions per image
-needs, or its rows of one image would all be "duplicates" of each other. ``random_keep`` is a
-uniformly random subset of the same size: the control the paper compares the balanced subset with.
+which is what these commands do (shared by ``clipdistill demo`` and ``bench/ablation.py``)::
+
+    clipdistill cache SUBSET.yaml --out DIR/cache cache.views=1 'data.scale=[1.0,1.0]'
+    clipdistill curate --embeddings DIR/cache --out DIR/curated --target-removal 0.437
+    clipdistill cluster --embeddings DIR/cache --tower image --clusters 64 --out DIR
+
+The cache holds one view per sample, the whole image (crop scale 1): curation compares images, not
+crops of them. ``space`` is what curation compares: ``image`` (CLIP-CID) or ``both`` (image ⊕
+caption, unit length), which a dataset with several captions per image needs, or the rows of one
+image would all be "duplicates" of each other; ``both`` is curated from a ``.npy`` of those rows.
+``random_keep`` is a uniformly random subset of the same size: the control the paper compares with.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from clipdistill.atomic import write_text_atomic
-from clipdistill.curate.balance import curate
-from clipdistill.curate.pseudo_labels import clustering_space, pseudo_labels
-from clipdistill.curate.report import write_report
-from clipdistill.curate.teacher_embeddings import embed_pairs
+from clipdistill.curate import cluster_command, command as curate_command
+from clipdistill.curate.pseudo_labels import clustering_space
+from clipdistill.curate.sources import read_cache
+from clipdistill.errors import UserError
 
 
 @dataclass
@@ -38,19 +46,44 @@ def cid_losses(centroids: str | Path, cluster_weight: float = 1.0, instance_weig
             "cid_instance": {"weight": instance_weight}}
 
 
-def prepare_cid_data(teacher, dataset, *, rows: int, out_dir: str | Path, target_removal: float = 0.437,
-                     label_clusters: int = 64, space: str = "image", seed: int = 0, progress: bool = False) -> CIDData:
+def prepare_cid_data(subset_config, *, out_dir: str | Path, target_removal: float = 0.437, label_clusters: int = 64,
+                     space: str = "image", seed: int = 0, progress: bool = False) -> CIDData:
+    """Embed the subset ``subset_config`` describes (its ``teacher`` and ``data`` sections: every row of
+    its dataset), balance it and cluster it. Every output lands in ``out_dir``."""
+    from clipdistill.cache.command import build_cache  # torch and the models, only when a cache is written
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    image, text = embed_pairs(teacher, dataset, rows, progress=progress)
-    np.save(out / "teacher_image.npy", image)
-    np.save(out / "teacher_text.npy", text)
-    result = curate(clustering_space(image, text, space), mode="cid", target_removal=target_removal, seed=seed)
-    report = write_report(result, out / "curated", mode="cid", extra={"space": space})
-    random_keep = np.sort(np.random.default_rng(seed).choice(rows, len(result.keep), replace=False))
+    cache = out / "cache"
+    build_cache(whole_image_views(subset_config), str(cache))
+    quiet = [] if progress else ["--no-progress"]
+    cached = read_cache(cache, text=space == "both")
+    curate_command.main(["--embeddings", _curation_input(cached, space, out), "--out", str(out / "curated"),
+                         "--target-removal", str(target_removal), "--seed", str(seed), *quiet])
+    cluster_command.main(["--embeddings", str(cache), "--tower", "image", "--clusters", str(label_clusters),
+                          "--out", str(out), "--seed", str(seed), *quiet])
+    report = json.loads((out / "curated" / "report.json").read_text())
+    rows = cached.dataset_rows
+    random_keep = np.sort(np.random.default_rng(seed).choice(rows, report["n_kept"], replace=False))
     np.save(out / "random_keep.npy", random_keep.astype(np.int64))
-    labels = pseudo_labels(image, text, tower="image", clusters=label_clusters, seed=seed)
-    np.save(out / "centroids_image.npy", labels.tower_centroids["image"])
-    write_text_atomic(out / "cid.json", json.dumps({"curation": report, "label_clusters": label_clusters}, indent=2))
+    write_text_atomic(out / "cid.json", json.dumps({"curation": report, "label_clusters": label_clusters,
+                                                    "space": space}, indent=2))
     return CIDData(keep=out / "curated" / "keep.npy", random_keep=out / "random_keep.npy",
                    centroids=out / "centroids_image.npy", report=report)
+
+
+def whole_image_views(config):
+    """``config`` with one stored view per sample, the whole image (crop scale 1)."""
+    return dataclasses.replace(config, cache=dataclasses.replace(config.cache, views=1),
+                               data=dataclasses.replace(config.data, scale=[1.0, 1.0]))
+
+
+def _curation_input(cached, space: str, out: Path) -> str:
+    """The cache itself (image space), or a ``.npy`` of image ⊕ caption rows in dataset order."""
+    if space == "image":
+        return str(cached.directory)
+    if not np.array_equal(cached.dataset_rows, np.arange(len(cached.dataset_rows))):
+        raise UserError(f"curating image and caption together needs every dataset row in the cache, in order; "
+                        f"{cached.directory} skipped some (bad samples)")
+    path = out / "teacher_image_text.npy"
+    np.save(path, clustering_space(cached.image, cached.text, space))
+    return str(path)

@@ -4,6 +4,7 @@ Specs:
 
 - ``runs/x/checkpoints/step_00000300.pt``: a ``clipdistill train`` checkpoint (the student's weights,
   its architecture from the stored config, and the run's projection head for fidelity metrics);
+  ``runs/x``, the run directory, means its newest checkpoint;
 - ``DIR`` holding ``open_clip_config.json``, or ``local-dir:DIR``: a ``clipdistill export`` or any open_clip
   model folder (config, weights, tokenizer files); ``hf-hub:org/name``: the same on the Hugging Face Hub;
 - ``openclip:ARCH:TAG_OR_FILE``: an open_clip architecture with a pretrained tag or a weights file;
@@ -19,10 +20,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from clipdistill.errors import UserError
+from clipdistill.models.checkpoints import is_run_checkpoint, load_untrusted, newest_checkpoint_if_run
 from clipdistill.models.student import trained_student
 from clipdistill.models.teacher import load_teacher
 
@@ -44,15 +45,13 @@ class LoadedModel:
 
 
 def load_run_checkpoint(path: str | Path) -> dict:
-    """A ``clipdistill train`` checkpoint dict (``student``, ``config``, ``objective``, ...); never runs code."""
-    path = Path(path)
+    """A ``clipdistill train`` checkpoint dict (``student``, ``config``, ``objective``, ...) from its file or
+    its run directory (the newest checkpoint); never runs code."""
+    path = newest_checkpoint_if_run(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the file is not ours or unsafe
-        raise UserError(f"cannot load checkpoint {path}: {(str(err).splitlines() or ['?'])[0]}") from None
-    if not isinstance(state, dict) or "student" not in state or "config" not in state:
+    state = load_untrusted(path)
+    if not is_run_checkpoint(state):
         raise UserError(f"{path} is not a clipdistill run checkpoint (no 'student'/'config'); for a plain "
                         f"weights file use openclip:ARCH:{path}")
     return state
@@ -102,8 +101,11 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
     if spec.startswith(("local-dir:", "hf-hub:")):
         return _from_folder(spec, device)
     if os.path.isdir(spec):
+        if os.path.isdir(os.path.join(spec, "checkpoints")):  # a run directory: its newest checkpoint
+            return _from_run_checkpoint(spec, device)
         if not os.path.isfile(os.path.join(spec, "open_clip_config.json")):
-            raise UserError(f"{spec} has no open_clip_config.json (for a Hugging Face directory use hf:{spec})")
+            raise UserError(f"{spec} has no open_clip_config.json (an export) nor checkpoints/ (a run directory); "
+                            f"for a Hugging Face directory use hf:{spec}")
         return _from_folder(f"local-dir:{spec}", device)
     if os.path.isfile(spec):
         return _from_run_checkpoint(spec, device)

@@ -7,7 +7,9 @@ Three sources, one interface:
   model folder ``local-dir:DIR`` / hub repo ``hf-hub:org/name`` as the model (config, weights, tokenizer);
 - ``checkpoint``: an architecture and a local weights file (raw state_dict, ``{"state_dict": ...}``,
   ``{"model": ...}``, ``module.`` prefixes, ``.safetensors``), optionally with the pretrained tag the
-  file is (its preprocessing and activation then come from open_clip's table);
+  file is (its preprocessing and activation then come from open_clip's table); or a clipdistill run (its
+  directory or one of its checkpoints): the run's student as trained, its architecture and preprocessing
+  read from the run's stored config;
 - ``hf``: a local Hugging Face CLIP / SigLIP / SigLIP 2 / MetaCLIP 2 directory.
 
 Preprocessing is resolved as :mod:`clipdistill.models.preprocess` says; ``preprocess`` overrides it.
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,11 +31,12 @@ from torch import nn
 from clipdistill.embeddings import Embeddings
 from clipdistill.errors import UserError
 from clipdistill.models import folders
-from clipdistill.models.checkpoints import file_sha256
+from clipdistill.models.checkpoints import file_sha256, is_run_checkpoint, load_untrusted, newest_checkpoint_if_run
 from clipdistill.models.spec import ImageSpec
-from clipdistill.models.student import Tokenizer, build_student
+from clipdistill.models.student import Tokenizer, build_student, trained_student
 
 SOURCES = ("openclip", "checkpoint", "hf")
+RUN_CHECKPOINT = re.compile(r"step_\d+\.pt$")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -127,7 +132,8 @@ def load_teacher(source: str, *, model: str | dict = "", pretrained: str = "", p
     Args:
         source: ``"openclip"`` (``model`` + ``pretrained`` tag or file, or ``model`` = ``local-dir:DIR`` /
             ``hf-hub:org/name``), ``"checkpoint"`` (``model`` + ``path`` to a weights file, ``pretrained``
-            = the tag the file is, optional) or ``"hf"`` (``path`` to a Hugging Face directory).
+            = the tag the file is, optional; or ``path`` to a clipdistill run directory or run checkpoint,
+            whose architecture ``model`` may then omit) or ``"hf"`` (``path`` to a Hugging Face directory).
         model: open_clip architecture name, clipdistill preset, inline open_clip config dict or folder name.
         pretrained: open_clip pretrained tag (``laion400m_e32``) or local file; empty = random weights.
             With ``checkpoint``: the tag whose preprocessing and activation the file has.
@@ -142,11 +148,7 @@ def load_teacher(source: str, *, model: str | dict = "", pretrained: str = "", p
     if source == "openclip":
         teacher = _from_open_clip(model, pretrained, "", source, precision, preprocess)
     elif source == "checkpoint":
-        if not path:
-            raise UserError("teacher.source=checkpoint needs teacher.path (a weights file)")
-        if not os.path.isfile(path):
-            raise UserError(f"teacher checkpoint file not found: {path}")
-        teacher = _from_open_clip(model, path, pretrained, source, precision, preprocess)
+        teacher = _from_checkpoint(model, path, pretrained, precision, preprocess)
     elif source == "hf":
         teacher = _from_hf(path, precision, preprocess)
     else:
@@ -172,6 +174,36 @@ def _from_open_clip(model: str | dict, weights: str, tag: str, source: str, prec
                 "weights_sha256": file_sha256(file) if file else None}
     if preprocess:  # part of what the teacher is: a hybrid cache run reloads it from this identity
         identity["preprocess"] = dict(preprocess)
+    return Teacher(built.model, tokenizer=built.tokenizer, image_spec=built.image_spec, embed_dim=built.embed_dim,
+                   identity=identity, precision=precision, model_cfg=built.model_cfg)
+
+
+def _from_checkpoint(model: str | dict, path: str, tag: str, precision: str, preprocess: dict | None) -> Teacher:
+    """A weights file (``model`` names its architecture, ``tag`` what it is) or a clipdistill run's student."""
+    if not path:
+        raise UserError("teacher.source=checkpoint needs teacher.path (a weights file, or a clipdistill run "
+                        "directory or checkpoint)")
+    file = newest_checkpoint_if_run(path)
+    if not file.is_file():
+        raise UserError(f"teacher checkpoint file not found: {path}")
+    if RUN_CHECKPOINT.search(file.name):  # train/checkpoint.py's files: a run's student, as it was trained
+        state = load_untrusted(file)
+        if is_run_checkpoint(state):
+            return _from_run(model, state, file, precision)
+    if not model:
+        raise UserError(f"teacher.source=checkpoint needs teacher.model (an open_clip name, preset or config) "
+                        f"for the plain weights file {file}")
+    return _from_open_clip(model, str(file), tag, "checkpoint", precision, preprocess)
+
+
+def _from_run(model: str | dict, state: dict, file: Path, precision: str) -> Teacher:
+    stored = state["config"]["student"]["model"]
+    if model and model != stored:
+        raise UserError(f"teacher.model {model!r} differs from the architecture run checkpoint {file} was trained "
+                        f"with ({stored!r}): leave teacher.model empty to use the stored one")
+    built = trained_student(state, file)
+    identity = {"source": "checkpoint", "model": stored, "pretrained": "", "path": os.path.abspath(file),
+                "weights_sha256": file_sha256(file)}
     return Teacher(built.model, tokenizer=built.tokenizer, image_spec=built.image_spec, embed_dim=built.embed_dim,
                    identity=identity, precision=precision, model_cfg=built.model_cfg)
 

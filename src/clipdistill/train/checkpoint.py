@@ -16,8 +16,6 @@ one never runs code. Its schema lives here, in :func:`save_run` and :func:`resto
 from __future__ import annotations
 
 import logging
-import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,23 +23,14 @@ import torch
 
 from clipdistill.atomic import write_atomic
 from clipdistill.errors import UserError
+from clipdistill.models.checkpoints import list_checkpoints, load_untrusted
 from clipdistill.train.optim import load_optimizer_state
-
-_NAME = re.compile(r"step_(\d+)\.pt$")
 
 log = logging.getLogger("clipdistill.train")
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
     return directory / f"step_{step:08d}.pt"
-
-
-def list_checkpoints(directory: Path) -> list[Path]:
-    """Checkpoints in ``directory``, oldest first."""
-    if not directory.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.search(p.name))]
-    return [p for _, p in sorted(found)]
 
 
 def save(state: dict, directory: Path, step: int, keep: int) -> Path:
@@ -85,22 +74,8 @@ def load_resume(resume: str, directory: Path) -> tuple[Path, dict] | None:
 
 
 def load(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # weights_only refuses a pickle that would import (and then call) something; torch names the
-        # global it met. Its first line would suggest weights_only=False, which is the one thing not to do.
-        offending = next((line.strip() for line in str(err).splitlines() if "global" in line.lower()), None)
-        if offending:
-            raise UserError(f"refusing to load checkpoint {path}: it holds pickled code, not only tensors "
-                            f"({offending})") from None
-        raise UserError(f"cannot load checkpoint {path}: corrupt or not a checkpoint") from None
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means we must not trust the file
-        raise UserError(f"cannot load checkpoint {path}: {_first_line(err)}") from None
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).splitlines() or [type(err).__name__])[0]
+    """A checkpoint, read as every file from elsewhere is (never runs code; one line if unreadable)."""
+    return load_untrusted(path)
 
 
 @dataclass
@@ -146,7 +121,8 @@ def _load_weights(distiller, state: dict, path: Path) -> None:
         distiller.objective.load_state_dict(state["objective"])
     except RuntimeError as err:  # torch lists every mismatching key over many lines
         saved = (state.get("config") or {}).get("student", {}).get("model", "?")
-        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), _first_line(err))
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines or [type(err).__name__])[0]
         raise UserError(f"cannot resume from {path}: it holds a student of architecture {saved!r} (or other loss "
                         f"heads) that does not fit this run's ({detail[:160]}); resume with the config it was "
                         f"trained with, or start a new run directory") from None
