@@ -121,7 +121,7 @@ def run(cfg: config_lib.Config, out_dir: str | Path) -> dict:
                           seed=cfg.data.seed, batch_size=cfg.eval.batch_size, linear_probe=cfg.eval.linear_probe,
                           linear_probe_train=cfg.eval.linear_probe_train, classnames=cfg.eval.classnames,
                           templates=cfg.eval.templates, teacher=teacher if cfg.eval.fidelity else None,
-                          objective=distiller.objective)
+                          objective=distiller.objective, data_kind=cfg.data.kind)
     metrics_log = MetricsLog(out_dir, enabled=ctx.is_main, resumed_at=start_step if cfg.train.resume else None)
     global_batch = cfg.train.batch_size * ctx.world_size
     progress = tqdm(total=cfg.train.steps, initial=start_step, disable=not (ctx.is_main and cfg.train.progress),
