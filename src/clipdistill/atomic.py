@@ -4,8 +4,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -33,12 +35,53 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object], what: st
             os.fsync(file.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise UserError(f"could not write {what + ' ' if what else ''}{path}: {err.strerror or err}") from None
     except BaseException:  # a failing serializer, Ctrl-C: no temporary file left behind either
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise
     return path
+
+
+def _remove_quietly(tmp: Path) -> None:
+    # On a read-only or vanished location the cleanup fails the same way the write did; its error
+    # must not replace the one line that says what could not be written.
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
+
+
+def ensure_writable_dir(directory: str | Path, what: str = "output directory") -> Path:
+    """Create ``directory`` if needed and prove a file can be written in it, before any long work.
+
+    Raises one line naming the directory (after ``what``) otherwise.
+    """
+    directory = Path(directory)
+    try:
+        _probe(directory)
+    except OSError as err:
+        raise UserError(f"cannot write to {what} {directory}: {err.strerror or err}") from None
+    return directory
+
+
+def ensure_writable_file(path: str | Path, what: str = "output") -> Path:
+    """:func:`ensure_writable_dir` for an output file (which need not exist yet): its folder is probed."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write {what} {path}: it is a directory, give a file name")
+    try:
+        _probe(path.parent)
+    except OSError as err:
+        raise UserError(f"cannot write {what} {path}: {err.strerror or err}") from None
+    return path
+
+
+def _probe(directory: Path) -> None:
+    """Create ``directory`` and write and remove a small file in it. Only a real write answers for a
+    read-only mount, a full disk or a missing permission (``os.access`` does not: root passes it)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-") as file:
+        file.write(b"x")
+        file.flush()
 
 
 def write_text_atomic(path: str | Path, text: str, what: str = "", per_process: bool = False) -> Path:
