@@ -104,9 +104,9 @@ class EvalConfig:
     every: int = 0  # evaluate every N steps (0 = only at the end)
     # Dataset specs (see clipdistill.eval.datasets): synthetic, flickr:DIR[:SPLIT], coco:JSON:DIR, csv:FILE
     # (retrieval); synthetic, imagefolder:DIR (zero-shot, linear probe). "" disables the task.
-    # auto: the synthetic sets when training on synthetic data, none for your own data (name a set to evaluate)
-    retrieval: str = "auto"  # dataset spec; "" disables
-    zero_shot: str = "auto"  # dataset spec; "" disables
+    # auto: the synthetic sets when training on synthetic data, none for your own data (name a set to evaluate).
+    retrieval: str = "auto"  # auto | dataset spec | "" (none)
+    zero_shot: str = "auto"  # auto | dataset spec | "" (none)
     linear_probe: str = ""  # test set spec (e.g. imagefolder:cifar10/test); needs linear_probe_train
     linear_probe_train: str = ""  # train set spec (validation split carved from it)
     classnames: str = ""  # zero-shot class names: imagenet | cifar10 | FILE; "" = from the folder names

@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clipdistill train", description="Train or distill a CLIP student.")
     parser.add_argument("config", help="experiment YAML (see configs/)")
     parser.add_argument("--out", required=True, help="run directory (config, metrics, checkpoints, tensorboard)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100 resume=latest")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100 resume=latest "
+                        "(every key, its default and meaning: clipdistill config [SECTION])")
     args = parser.parse_intermixed_args(argv)
     overrides = [_alias(o) for o in args.overrides]
     cfg = config_lib.load(args.config, overrides)
