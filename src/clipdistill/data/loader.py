@@ -46,7 +46,7 @@ _BACKSTOP_WINDOW = 1000
 
 
 def build_dataset(kind: str, *, path: str = "", num_samples: int = 0, seed: int = 0, image_key: str = "filepath",
-                  caption_key: str = "title", separator: str = "\t"):
+                  caption_key: str = "title", separator: str = "auto"):
     """The dataset of ``kind``: ``"synthetic"`` (num_samples, seed), ``"csv"`` (path, keys, separator) or
     ``"webdataset"`` (path: shard pattern or folder)."""
     if kind == "synthetic":
