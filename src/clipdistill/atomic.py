@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import tempfile
@@ -51,9 +52,11 @@ def _remove_quietly(tmp: Path) -> None:
 
 
 def ensure_writable_dir(directory: str | Path, what: str = "output directory") -> Path:
-    """Create ``directory`` if needed and prove a file can be written in it, before any long work.
+    """Prove that ``directory`` can be created (if missing) and written, before any long work.
 
-    Raises one line naming the directory (after ``what``) otherwise.
+    Nothing is left behind: a missing directory is not created here (a command refused later leaves no
+    empty folder); the check writes in its nearest existing ancestor instead. Raises one line naming
+    the directory (after ``what``) otherwise.
     """
     directory = Path(directory)
     try:
@@ -64,11 +67,12 @@ def ensure_writable_dir(directory: str | Path, what: str = "output directory") -
 
 
 def ensure_writable_file(path: str | Path, what: str = "output") -> Path:
-    """:func:`ensure_writable_dir` for an output file (which need not exist yet): its folder is probed."""
+    """Create the folder of an output file (which need not exist yet) and prove a file can be written there."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"cannot write {what} {path}: it is a directory, give a file name")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         _probe(path.parent)
     except OSError as err:
         raise UserError(f"cannot write {what} {path}: {err.strerror or err}") from None
@@ -76,10 +80,15 @@ def ensure_writable_file(path: str | Path, what: str = "output") -> Path:
 
 
 def _probe(directory: Path) -> None:
-    """Create ``directory`` and write and remove a small file in it. Only a real write answers for a
-    read-only mount, a full disk or a missing permission (``os.access`` does not: root passes it)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-") as file:
+    """Write and remove a small file in ``directory`` or, while it does not exist, in its nearest existing
+    ancestor. Only a real write answers for a read-only mount, a full disk or a missing permission
+    (``os.access`` does not: root passes it even on a read-only mount)."""
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():  # e.g. out/ under a regular file: nothing can ever be created there
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+    with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-check-") as file:
         file.write(b"x")
         file.flush()
 

@@ -91,7 +91,10 @@ def test_a_read_only_mount_is_one_line_too(inputs, command, capsys, monkeypatch)
 
 def test_the_checks_pass_on_a_writable_location_and_leave_nothing_behind(tmp_path):
     assert atomic.ensure_writable_dir(tmp_path / "new" / "dir") == tmp_path / "new" / "dir"
-    assert list((tmp_path / "new" / "dir").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # a refused command leaves no empty output folder either
+    (tmp_path / "old").mkdir()
+    atomic.ensure_writable_dir(tmp_path / "old")
+    assert list((tmp_path / "old").iterdir()) == []
     assert atomic.ensure_writable_file(tmp_path / "sub" / "r.json") == tmp_path / "sub" / "r.json"
     assert list((tmp_path / "sub").iterdir()) == []
     with pytest.raises(UserError, match="it is a directory"):
