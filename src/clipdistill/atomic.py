@@ -4,8 +4,11 @@
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import socket
+import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -33,12 +36,61 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object], what: st
             os.fsync(file.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise UserError(f"could not write {what + ' ' if what else ''}{path}: {err.strerror or err}") from None
     except BaseException:  # a failing serializer, Ctrl-C: no temporary file left behind either
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise
     return path
+
+
+def _remove_quietly(tmp: Path) -> None:
+    # On a read-only or vanished location the cleanup fails the same way the write did; its error
+    # must not replace the one line that says what could not be written.
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
+
+
+def ensure_writable_dir(directory: str | Path, what: str = "output directory") -> Path:
+    """Prove that ``directory`` can be created (if missing) and written, before any long work.
+
+    Nothing is left behind: a missing directory is not created here (a command refused later leaves no
+    empty folder); the check writes in its nearest existing ancestor instead. Raises one line naming
+    the directory (after ``what``) otherwise.
+    """
+    directory = Path(directory)
+    try:
+        _probe(directory)
+    except OSError as err:
+        raise UserError(f"cannot write to {what} {directory}: {err.strerror or err}") from None
+    return directory
+
+
+def ensure_writable_file(path: str | Path, what: str = "output") -> Path:
+    """Create the folder of an output file (which need not exist yet) and prove a file can be written there."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write {what} {path}: it is a directory, give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _probe(path.parent)
+    except OSError as err:
+        raise UserError(f"cannot write {what} {path}: {err.strerror or err}") from None
+    return path
+
+
+def _probe(directory: Path) -> None:
+    """Write and remove a small file in ``directory`` or, while it does not exist, in its nearest existing
+    ancestor. Only a real write answers for a read-only mount, a full disk or a missing permission
+    (``os.access`` does not: root passes it even on a read-only mount)."""
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():  # e.g. out/ under a regular file: nothing can ever be created there
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+    with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-check-") as file:
+        file.write(b"x")
+        file.flush()
 
 
 def write_text_atomic(path: str | Path, text: str, what: str = "", per_process: bool = False) -> Path:

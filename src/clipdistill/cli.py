@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import platform
 import sys
+from importlib import metadata
 
+from clipdistill import __version__
 from clipdistill.errors import UserError
 
 COMMANDS = {
@@ -17,17 +20,33 @@ COMMANDS = {
     "report": ("clipdistill.eval.report", "merge evaluation JSONs into a markdown or CSV table"),
     "export": ("clipdistill.export", "export a run's student as an open_clip model (safetensors)"),
     "inspect": ("clipdistill.inspect_model", "print what a model spec resolves to (preprocessing, context, bias...)"),
+    "config": ("clipdistill.config_schema", "print every config key with its default and meaning"),
 }
 
 USAGE = "usage: clipdistill <command> [options]\n\ncommands:\n" + "\n".join(
     f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()) + \
-    "\n\nRun 'clipdistill <command> --help' for a command's options."
+    "\n\nRun 'clipdistill <command> --help' for a command's options, 'clipdistill config [SECTION]' for the\n" \
+    "config keys (train, cache) with their defaults, 'clipdistill --version' for the versions in use."
+
+
+def version_line() -> str:
+    """This package's version and the ones a bug report needs (read without importing torch)."""
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+    return (f"clipdistill {__version__} (open_clip {installed('open_clip_torch')}, torch {installed('torch')}, "
+            f"python {platform.python_version()})")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(version_line())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
@@ -41,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         return module.main(rest) or 0
     except UserError as err:
         print(f"clipdistill {name}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a write (or read) the command did not foresee: still one line, never a traceback
+        where = f" {err.filename}" if err.filename else ""
+        print(f"clipdistill {name}: error: could not access{where}: {err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"clipdistill {name}: interrupted", file=sys.stderr)

@@ -34,7 +34,7 @@ class StudentConfig:
 
 @dataclass
 class TeacherConfig:
-    source: str = "none"  # none | openclip | checkpoint | hf
+    source: str = "none"  # none | openclip | checkpoint | hf | cache
     model: ModelSpec = ""  # architecture for openclip/checkpoint sources
     pretrained: str = ""  # open_clip tag (openclip source); checkpoint source: the tag the file is (its preprocessing)
     preprocess: dict = field(default_factory=dict)  # mean/std/interpolation/resize_mode where open_clip's tables can't decide
@@ -68,7 +68,7 @@ class DataConfig:
     seed: int = 0  # data generation seed (synthetic)
     image_key: str = "filepath"
     caption_key: str = "title"
-    separator: str = "\t"
+    separator: str = "auto"  # auto (.tsv: tab, .csv: comma, else from the header line) | tab | comma | one character
     workers: Union[int, str] = "auto"  # DataLoader workers; auto = half the cores this process may use (1..8)
     scale: list = field(default_factory=lambda: [0.9, 1.0])  # RandomResizedCrop scale range
     hflip: bool = False
@@ -113,8 +113,9 @@ class EvalConfig:
     every: int = 0  # evaluate every N steps (0 = only at the end)
     # Dataset specs (see clipdistill.eval.datasets): synthetic, flickr:DIR[:SPLIT], coco:JSON:DIR, csv:FILE
     # (retrieval); synthetic, imagefolder:DIR (zero-shot, linear probe). "" disables the task.
-    retrieval: str = "synthetic"  # dataset spec; "" disables
-    zero_shot: str = "synthetic"  # dataset spec; "" disables
+    # auto: the synthetic sets when training on synthetic data, none for your own data (name a set to evaluate).
+    retrieval: str = "auto"  # auto | dataset spec | "" (none)
+    zero_shot: str = "auto"  # auto | dataset spec | "" (none)
     linear_probe: str = ""  # test set spec (e.g. imagefolder:cifar10/test); needs linear_probe_train
     linear_probe_train: str = ""  # train set spec (validation split carved from it)
     classnames: str = ""  # zero-shot class names: imagenet | cifar10 | FILE; "" = from the folder names

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from clipdistill.atomic import write_atomic, write_text_atomic
+from clipdistill.atomic import ensure_writable_dir, write_atomic, write_text_atomic
 from clipdistill.errors import UserError
 from clipdistill.models.load_any import load_run_checkpoint
 from clipdistill.models.student import trained_student
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="openclip (default), or hf: a transformers CLIPModel directory (ViT students with "
                              "open_clip's default text tower; needs clipdistill[hf])")
     args = parser.parse_args(argv)
+    ensure_writable_dir(args.out_dir, what="export directory")  # before loading the checkpoint
     if args.format == "hf":
         from clipdistill.export_hf import write_hf
 

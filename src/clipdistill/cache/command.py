@@ -15,6 +15,7 @@ import torch
 
 from clipdistill import build, distributed
 from clipdistill import config as config_lib
+from clipdistill.atomic import ensure_writable_dir
 from clipdistill.cache.manifest import read_manifest
 from clipdistill.cache.writer import finalize, missing_shards, write_cache
 from clipdistill.errors import UserError
@@ -64,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Run the teacher once over a dataset and store its embeddings.")
     parser.add_argument("config", help="experiment YAML (its teacher, data and cache sections are used)")
     parser.add_argument("--out", required=True, help="cache directory (resumes if it holds a partial cache)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. cache.views=4 cache.dtype=bf16")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. cache.views=4 cache.dtype=bf16 "
+                        "(every key, its default and meaning: clipdistill config [SECTION])")
     args = parser.parse_intermixed_args(argv)
     cfg = config_lib.load(args.config, args.overrides)
+    ensure_writable_dir(args.out, what="cache directory")  # before loading the teacher and reading data
     try:
         manifest = build_cache(cfg, args.out)
     finally:

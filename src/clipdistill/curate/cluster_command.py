@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipdistill.atomic import write_atomic, write_text_atomic
+from clipdistill.atomic import ensure_writable_dir, write_atomic, write_text_atomic
 from clipdistill.curate.pseudo_labels import TOWERS, PseudoLabels, pseudo_labels
 from clipdistill.curate.sources import is_cache, load_unit_embeddings, read_cache
 from clipdistill.errors import UserError
@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.no_progress
     started = time.time()
     cache = args.embeddings is not None and is_cache(args.embeddings)
+    ensure_writable_dir(args.out)  # before k-means: every output location is checked first
+    if cache:  # the labels are stored into the cache as well
+        ensure_writable_dir(args.embeddings, what="cache directory")
     image, text = from_cache(args, progress) if cache else from_files(args, progress)
     result = pseudo_labels(image, text, tower=args.tower, clusters=args.clusters, iterations=args.iterations,
                            seed=args.seed, progress=progress)

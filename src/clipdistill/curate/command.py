@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipdistill.atomic import ensure_writable_dir
 from clipdistill.curate.balance import MODES, curate
 from clipdistill.curate.report import write_report
 from clipdistill.curate.resume import WorkDir
@@ -53,6 +54,7 @@ def load_input(path: str, progress: bool) -> tuple[np.ndarray, np.ndarray | None
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    ensure_writable_dir(args.out)  # before reading embeddings and clustering them
     progress = not args.no_progress
     # Neither given: the paper's 43.7 %.
     target = None if args.threshold is not None else args.target_removal if args.target_removal is not None else 0.437

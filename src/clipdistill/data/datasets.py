@@ -10,7 +10,7 @@ KINDS = ("synthetic", "csv", "webdataset")
 
 
 def build_dataset(kind: str, *, path: str = "", num_samples: int = 0, seed: int = 0, image_key: str = "filepath",
-                  caption_key: str = "title", separator: str = "\t"):
+                  caption_key: str = "title", separator: str = "auto"):
     """The dataset of ``kind``: ``"synthetic"`` (num_samples, seed), ``"csv"`` (path, keys, separator) or
     ``"webdataset"`` (path: shard pattern or folder)."""
     if kind == "synthetic":
@@ -25,8 +25,3 @@ def build_dataset(kind: str, *, path: str = "", num_samples: int = 0, seed: int 
         return ShardPairs(path)
     raise UserError(f"unknown dataset kind '{kind}' (available: {', '.join(KINDS)})")
 
-
-def dataset_from(data) -> object:
-    """The dataset a config's ``data`` section describes (training, ``clipdistill cache``)."""
-    return build_dataset(data.kind, path=data.path, num_samples=data.num_samples, seed=data.seed,
-                         image_key=data.image_key, caption_key=data.caption_key, separator=data.separator)

@@ -5,7 +5,8 @@
 
 The JSON holds ``dataset``, ``model``, ``pretrained``, ``task``, ``metrics`` (CLIP_benchmark's metric
 names) and ``language``, so CLIP_benchmark's ``build`` and ``clipdistill report`` merge it with
-theirs. ``--teacher`` adds the KD-fidelity metrics (:mod:`clipdistill.eval.fidelity`).
+theirs, and ``evaluated``: what the numbers are over (images, captions or classes and the class
+names; for the linear probe, its training set as well). ``--teacher`` adds the KD-fidelity metrics (:mod:`clipdistill.eval.fidelity`).
 """
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from clipdistill.atomic import write_text_atomic
+from clipdistill.atomic import ensure_writable_dir, ensure_writable_file, write_text_atomic
 from clipdistill.errors import UserError
 from clipdistill.eval import evaluate_retrieval, evaluate_zero_shot
-from clipdistill.eval.datasets import classification_dataset, retrieval_dataset
+from clipdistill.data.csv_pairs import SEPARATOR_CHOICES
+from clipdistill.eval.datasets import classification_dataset, describe, retrieval_dataset
 from clipdistill.eval.fidelity import (ProjectedEncoder, evaluate_fidelity, projection_from_state,
                                        retained)
 from clipdistill.eval.linear_probe import evaluate_linear_probe
@@ -39,7 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-dataset", default="", help="linear_probe: the training set spec")
     parser.add_argument("--output", required=True, help="result JSON file")
     parser.add_argument("--teacher", default="", help="a model spec: adds teacher-student fidelity metrics")
-    parser.add_argument("--classnames", default="", help="imagenet | cifar10 | FILE (default: from folder names)")
+    parser.add_argument("--separator", default="auto", help=f"of a csv: dataset: {SEPARATOR_CHOICES} (auto: .tsv tab, "
+                        ".csv comma, else from the header line)")
+    parser.add_argument("--classnames", default="", help="imagenet | cifar10 | FILE (default: from folder names; "
+                        "WordNet-id folders such as n01440764 get ImageNet's names)")
     parser.add_argument("--templates", default="", help="imagenet | cifar10 | FILE (default: the class set's own)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
@@ -68,7 +73,7 @@ def _feature_cache(args, model: LoadedModel) -> Path | None:
 def _datasets(args) -> tuple:
     sizes = {"num_images": args.num_images, "seed": args.seed}
     if args.task == "zeroshot_retrieval":
-        return (retrieval_dataset(args.dataset, **sizes),)
+        return (retrieval_dataset(args.dataset, separator=args.separator, **sizes),)
     test = classification_dataset(args.dataset, args.classnames, args.templates, **sizes)
     if args.task == "zeroshot_classification":
         return (test,)
@@ -110,25 +115,36 @@ def fidelity_metrics(args, student: LoadedModel, teacher: LoadedModel, datasets:
     return metrics
 
 
-def result_record(args, model: LoadedModel, metrics: dict) -> dict:
-    """CLIP_benchmark's result schema."""
-    return {"dataset": args.dataset, "model": str(model.name), "pretrained": str(model.pretrained),
-            "task": args.task, "metrics": metrics, "language": "en"}
+def evaluated(args, datasets: tuple) -> dict:
+    """What the metrics are over: the test set's counts (and class names), and the probe's training set."""
+    record = describe(datasets[-1])
+    if args.task == "linear_probe":
+        record["train"] = {"dataset": args.train_dataset, **describe(datasets[0])}
+        del record["train"]["classnames"]  # the test set's, which the probe also uses
+    return record
+
+
+def result_record(args, model: LoadedModel, metrics: dict, datasets: tuple = ()) -> dict:
+    """CLIP_benchmark's result schema, plus ``evaluated`` (which CLIP_benchmark's readers ignore)."""
+    record = {"dataset": args.dataset, "model": str(model.name), "pretrained": str(model.pretrained),
+              "task": args.task, "metrics": metrics, "language": "en"}
+    if datasets:
+        record["evaluated"] = evaluated(args, datasets)
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    output = Path(args.output)
-    try:  # before any work: an unwritable output fails in a second, not after the evaluation
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"could not write {output}: {err.strerror or err}") from None
+    # Before any work: an unwritable output fails in a second, not after the evaluation.
+    output = ensure_writable_file(args.output, what="result file")
+    if args.feature_cache:
+        ensure_writable_dir(args.feature_cache, what="feature cache")
     datasets = _datasets(args)  # before loading weights: a wrong path fails fast
     model = load_model(args.model, device=args.device)
     metrics = run_task(args, model, datasets)
     if args.teacher:
         metrics.update(fidelity_metrics(args, model, load_model(args.teacher, device=args.device), datasets, metrics))
-    record = result_record(args, model, metrics)
+    record = result_record(args, model, metrics, datasets)
     # Atomic: a full disk or a kill never leaves a half-written JSON that `clipdistill report` would choke on.
     write_text_atomic(output, json.dumps(record, indent=2))
     print(json.dumps(metrics, indent=2))

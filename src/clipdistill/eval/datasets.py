@@ -3,13 +3,15 @@
 Specs (``KIND:ARGS``):
 
 - ``imagefolder:DIR``: one sub-folder per class (torchvision's ``ImageFolder`` order: sorted names).
+  Folders named by ImageNet WordNet id (``n01440764``, any subset of the 1000) get ImageNet's names.
 - ``flickr:DIR[:SPLIT]``: Flickr8k/Flickr30k as distributed: ``DIR/images/``, the token file
   (``Flickr8k.token.txt`` or Flickr30k's ``results_20130124.token``; lines ``NAME#i<TAB>caption``)
   and split lists (``Flickr_8k.<split>Images.txt``). Without SPLIT: the only split list present,
   else ``test``; with no split list at all, every image of the token file.
 - ``coco:CAPTIONS_JSON:IMAGE_DIR``: a COCO captions file (``images`` + ``annotations``).
-- ``csv:FILE``: open_clip's CSV/TSV (``filepath``, ``title`` columns; tab-separated for ``.tsv``);
-  rows with the same image are one image with several captions. Relative paths start at FILE's folder.
+- ``csv:FILE``: open_clip's CSV/TSV (``filepath``, ``title`` columns), read by the training reader
+  (:class:`clipdistill.data.CsvPairs`: same separator rule, bad rows skipped and counted); rows with
+  the same image are one image with several captions. Relative paths start at FILE's folder.
 - ``synthetic``: the procedural held-out sets of :mod:`clipdistill.data.synthetic`.
 
 Classification items are ``(PIL image, label)`` with ``classnames`` and ``templates`` attributes;
@@ -17,7 +19,6 @@ retrieval items are ``(PIL image, [captions])``, every caption of the image (the
 """
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections import defaultdict
@@ -26,10 +27,12 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from clipdistill.data.csv_pairs import CsvPairs
 from clipdistill.data.synthetic import SyntheticClassification, SyntheticRetrieval
 from clipdistill.errors import UserError
 from clipdistill.eval import prompts
 
+AUTO = "auto"  # the eval set follows the training data: synthetic for synthetic data, none otherwise
 CLASSIFICATION_KINDS = ("imagefolder", "synthetic")
 RETRIEVAL_KINDS = ("flickr", "coco", "csv", "synthetic")
 _FLICKR_TOKEN_FILES = ("Flickr8k.token.txt", "results_20130124.token", "Flickr30k.token.txt")
@@ -59,10 +62,11 @@ class LabeledImages(Dataset):
 
 
 class CaptionedImages(Dataset):
-    """``dataset[i] -> (PIL image, list of its captions)``."""
+    """``dataset[i] -> (PIL image, list of its captions)``; ``skipped_rows``: rows of the listing not used."""
 
-    def __init__(self, paths: list[Path], captions: list[list[str]]):
+    def __init__(self, paths: list[Path], captions: list[list[str]], skipped_rows: int = 0):
         self.paths, self.captions = list(paths), [list(c) for c in captions]
+        self.skipped_rows = skipped_rows
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -106,7 +110,10 @@ def _image_folder(root: Path, classnames: str, templates: str) -> LabeledImages:
         raise UserError(f"{root}: {err}") from None
     names, prompt_set = _class_names_for(folder.classes, classnames)
     if len(names) != len(folder.classes):
-        raise UserError(f"{len(names)} class names for {len(folder.classes)} class folders in {root}")
+        shown = ", ".join(folder.classes[:3]) + (", ..." if len(folder.classes) > 3 else "")
+        raise UserError(f"{len(names)} class names for {len(folder.classes)} class folders in {root} ({shown}): "
+                        f"give --classnames FILE with one name per folder, in sorted folder order, or leave it "
+                        f"empty to use the folder names")
     chosen_templates = prompts.templates(templates or prompt_set)
     return LabeledImages([Path(p) for p, _ in folder.samples], [label for _, label in folder.samples],
                          names, chosen_templates)
@@ -114,10 +121,14 @@ def _image_folder(root: Path, classnames: str, templates: str) -> LabeledImages:
 
 def _class_names_for(folders: list[str], classnames: str) -> tuple[list[str], str]:
     """(names, default prompt set) for these class folders."""
+    if classnames == "imagenet" and prompts.are_wordnet_ids(folders):  # any subset of ImageNet-1k
+        return prompts.imagenet_names_of(folders, where="class folders"), "imagenet"
     if classnames:
         return prompts.classnames(classnames), classnames if classnames in prompts.BUILT_IN else "imagenet"
     if folders == prompts.classnames("cifar10"):
         return folders, "cifar10"
+    if prompts.are_wordnet_ids(folders):  # ImageNet's layout: n01440764/ ... -> "tench"
+        return prompts.imagenet_names_of(folders, where="class folders"), "imagenet"
     if len(folders) == 1000:  # ImageNet's sorted WordNet-id folders are open_clip's class order
         return prompts.classnames("imagenet"), "imagenet"
     return [name.replace("_", " ") for name in folders], "imagenet"
@@ -125,8 +136,8 @@ def _class_names_for(folders: list[str], classnames: str) -> tuple[list[str], st
 
 # ----------------------------------------------------------------------------------- retrieval
 
-def retrieval_dataset(spec: str, num_images: int = 500, seed: int = 0):
-    """A retrieval set (every caption of every image) from ``spec``."""
+def retrieval_dataset(spec: str, num_images: int = 500, seed: int = 0, separator: str = "auto"):
+    """A retrieval set (every caption of every image) from ``spec``; ``separator``: of a ``csv:`` file."""
     kind, rest = split_spec(spec)
     if kind == "synthetic":
         return SyntheticRetrieval(num_images, seed=seed)
@@ -138,7 +149,7 @@ def retrieval_dataset(spec: str, num_images: int = 500, seed: int = 0):
             raise UserError(f"coco spec needs coco:CAPTIONS_JSON:IMAGE_DIR, got '{spec}'")
         return coco(Path(captions_json), Path(image_dir))
     if kind == "csv":
-        return csv_captions(Path(rest))
+        return csv_captions(Path(rest), separator=separator)
     raise UserError(f"unknown retrieval dataset '{spec}' (kinds: {', '.join(RETRIEVAL_KINDS)})")
 
 
@@ -208,13 +219,44 @@ def coco(captions_json: Path, image_dir: Path) -> CaptionedImages:
                            [by_image[image["id"]] for image in images])
 
 
-def csv_captions(path: Path, image_key: str = "filepath", caption_key: str = "title") -> CaptionedImages:
-    if not path.is_file():
-        raise UserError(f"CSV file not found: {path}")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
-        missing = {image_key, caption_key} - set(reader.fieldnames or ())
-        if missing:
-            raise UserError(f"{path} lacks column(s) {sorted(missing)} (has {reader.fieldnames})")
-        names, captions = _group((row[image_key], row[caption_key]) for row in reader)
-    return CaptionedImages([path.parent / name for name in names], captions)
+def csv_captions(path: Path, image_key: str = "filepath", caption_key: str = "title",
+                 separator: str = "auto") -> CaptionedImages:
+    """The same reader as training: a malformed row is skipped, counted and named, never the file's end."""
+    pairs = CsvPairs(path, image_key=image_key, caption_key=caption_key, separator=separator)
+    paths, captions = _group((pairs.image_path(i), pairs.captions[i]) for i in range(len(pairs)))
+    return CaptionedImages(paths, captions, skipped_rows=sum(pairs.bad.values()))
+
+
+# --------------------------------------------------------------------------------- what was used
+
+def describe(dataset) -> dict:
+    """What an evaluation ran on, for its result record: counts, and the class names it scored."""
+    if hasattr(dataset, "classnames"):
+        return {"images": len(dataset), "classes": len(dataset.classnames), "classnames": list(dataset.classnames)}
+    if hasattr(dataset, "captions"):
+        captions = sum(len(c) for c in dataset.captions)
+    else:  # synthetic: a fixed number per image, known without rendering any
+        captions = len(dataset) * dataset.captions_per_image
+    info = {"images": len(dataset), "captions": captions}
+    if getattr(dataset, "skipped_rows", 0):
+        info["skipped_rows"] = dataset.skipped_rows
+    return info
+
+
+def eval_specs_for(data_kind: str, retrieval: str, zero_shot: str) -> tuple[str, str]:
+    """Resolve ``auto`` eval specs against the training data: the procedural held-out sets only score a
+    model trained on the procedural data; on your own data nothing is evaluated unless you name a set."""
+    default = "synthetic" if data_kind == "synthetic" else ""
+    return tuple(default if spec == AUTO else spec for spec in (retrieval, zero_shot))
+
+
+def describe_eval(retrieval: str, zero_shot: str, linear_probe: str = "", linear_probe_train: str = "") -> str:
+    """One line for a training banner: the eval sets in use (resolved specs), or how to add one."""
+    sets = [f"{task} {spec}" for task, spec in (("retrieval", retrieval), ("zero-shot", zero_shot),
+                                                ("linear probe", linear_probe)) if spec]
+    if linear_probe:
+        sets[-1] += f" (trained on {linear_probe_train})"
+    if sets:
+        return "eval: " + "; ".join(sets)
+    return ("eval: none (set eval.retrieval=csv:FILE | flickr:DIR | coco:JSON:DIR, "
+            "eval.zero_shot=imagefolder:DIR to evaluate)")

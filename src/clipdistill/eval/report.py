@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from clipdistill.atomic import write_text_atomic
+from clipdistill.atomic import ensure_writable_file, write_text_atomic
 from clipdistill.errors import UserError
 
 KEYS = ("model", "pretrained", "dataset", "task")
@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="+", help="result JSONs (clipdistill eval or CLIP_benchmark)")
     parser.add_argument("--out", help="table file: .csv for CSV, else markdown (default: print markdown)")
     args = parser.parse_args(argv)
+    if args.out:
+        ensure_writable_file(args.out, what="table")
     header, rows = rows_of([read_result(path) for path in args.files])
     text = csv_text(header, rows) if args.out and args.out.endswith(".csv") else markdown(header, rows)
     if args.out:

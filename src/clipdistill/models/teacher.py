@@ -152,7 +152,7 @@ def load_teacher(source: str, *, model: str | dict = "", pretrained: str = "", p
     elif source == "hf":
         teacher = _from_hf(path, precision, preprocess)
     else:
-        raise UserError(f"unknown teacher source '{source}' (choose from {', '.join(SOURCES)})")
+        raise UserError(f"unknown teacher source '{source}' (teacher.source: none, {', '.join(SOURCES)} or cache)")
     return teacher.to(device)
 
 

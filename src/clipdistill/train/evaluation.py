@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from clipdistill.errors import UserError
 from clipdistill.eval import evaluate
-from clipdistill.eval.datasets import classification_dataset, retrieval_dataset
+from clipdistill.eval.datasets import classification_dataset, eval_specs_for, retrieval_dataset
 from clipdistill.eval.fidelity import ProjectedEncoder, evaluate_fidelity, projection_of, retained
 from clipdistill.eval.linear_probe import evaluate_linear_probe
 
@@ -17,7 +17,9 @@ class Evaluator:
     """Builds the eval sets once (so a bad spec fails at start-up) and evaluates any encoder on them.
 
     Args:
-        retrieval, zero_shot: dataset specs; ``""`` disables.
+        retrieval, zero_shot: dataset specs; ``""`` disables; ``auto`` follows ``data_kind`` (the synthetic
+            sets for synthetic training data, none for your own: :func:`eval_specs_for`).
+        data_kind: the training data's kind (``synthetic``, ``csv``, ``webdataset``).
         linear_probe, linear_probe_train: test and train specs of the linear probe; ``""`` disables.
         classnames, templates: zero-shot class names / prompts (``imagenet``, ``cifar10``, a file, ``""``).
         num_images, seed: size and seed of synthetic sets.
@@ -28,7 +30,9 @@ class Evaluator:
 
     def __init__(self, *, retrieval: str, zero_shot: str, num_images: int, seed: int, batch_size: int,
                  linear_probe: str = "", linear_probe_train: str = "", classnames: str = "", templates: str = "",
-                 teacher=None, objective=None):
+                 teacher=None, objective=None, data_kind: str = "synthetic"):
+        retrieval, zero_shot = eval_specs_for(data_kind, retrieval, zero_shot)
+        self.specs = {"retrieval": retrieval, "zero_shot": zero_shot}  # resolved: what a banner should print
         if bool(linear_probe) != bool(linear_probe_train):
             raise UserError("eval.linear_probe and eval.linear_probe_train must be set together")
         sizes = {"num_images": num_images, "seed": seed}

@@ -75,7 +75,7 @@ def run(cfg: config_lib.Config, out_dir: str | Path, overwrite: bool = False) ->
     batches = build_batches(cfg, dataset, parts, ctx, workers, start_step, restored.data if restored else None)
     evaluator = build_evaluator(cfg, parts)
     if ctx.is_main:
-        log.info("%s", banner(cfg, out_dir, ctx, parts, dataset, workers, threads))
+        log.info("%s", banner(cfg, out_dir, ctx, parts, dataset, workers, threads, evaluator))
     metrics_log = MetricsLog(out_dir, enabled=ctx.is_main, resumed_at=start_step if cfg.train.resume else None)
     started = time.time()
     train(cfg, ctx, parts, batches, tally, nonfinite, evaluator, metrics_log, out_dir, start_step)
@@ -152,7 +152,7 @@ def build_evaluator(cfg: config_lib.Config, parts: Parts) -> Evaluator:
     return Evaluator(retrieval=e.retrieval, zero_shot=e.zero_shot, num_images=e.num_images, seed=cfg.data.seed,
                      batch_size=e.batch_size, linear_probe=e.linear_probe, linear_probe_train=e.linear_probe_train,
                      classnames=e.classnames, templates=e.templates, teacher=teacher,
-                     objective=parts.distiller.objective)
+                     objective=parts.distiller.objective, data_kind=cfg.data.kind)
 
 
 def train(cfg: config_lib.Config, ctx, parts: Parts, batches, tally: BadDataTally, nonfinite: NonFiniteSkips,
@@ -255,7 +255,7 @@ def _local_loss(cfg: config_lib.Config, ctx) -> bool:
 
 
 def banner(cfg: config_lib.Config, out_dir: Path, ctx, parts: Parts, dataset, workers: int,
-           threads: tuple[int, str]) -> str:
+           threads: tuple[int, str], evaluator: Evaluator) -> str:
     """What this run is, in a few lines at its start (console and train.log)."""
     t = cfg.teacher
     teacher = "none" if parts.targets is None else \
@@ -264,7 +264,9 @@ def banner(cfg: config_lib.Config, out_dir: Path, ctx, parts: Parts, dataset, wo
         rows = f"{len(dataset)} rows"
     except TypeError:  # streamed shards
         rows = "streamed shards"
-    evals = [f"{task} {spec}" for task, spec in (("retrieval", cfg.eval.retrieval), ("zero-shot", cfg.eval.zero_shot),
+    specs = evaluator.specs
+    evals = [f"{task} {spec}" for task, spec in (("retrieval", specs.get("retrieval")),
+                                                  ("zero-shot", specs.get("zero_shot")),
                                                   ("linear probe", cfg.eval.linear_probe)) if spec]
     return "\n".join([
         f"run {out_dir} ({'resuming' if cfg.train.resume else 'new'})",
@@ -297,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="run directory (config, metrics, checkpoints, tensorboard)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start over in a run directory that holds a run (its files are removed first)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100 resume=latest")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100 resume=latest "
+                        "(every key, its default and meaning: clipdistill config [SECTION])")
     args = parser.parse_intermixed_args(argv)
     overrides = [_alias(o) for o in args.overrides]
     cfg = config_lib.load(args.config, overrides)
