@@ -13,20 +13,22 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 
 import torch
 
 from clipdistill.atomic import ensure_writable_dir, ensure_writable_file, write_text_atomic
+from clipdistill.data.csv_pairs import SEPARATOR_CHOICES
 from clipdistill.errors import UserError
 from clipdistill.eval import evaluate_retrieval, evaluate_zero_shot
-from clipdistill.data.csv_pairs import SEPARATOR_CHOICES
 from clipdistill.eval.datasets import classification_dataset, describe, retrieval_dataset
 from clipdistill.eval.fidelity import (ProjectedEncoder, evaluate_fidelity, projection_from_state,
                                        retained)
 from clipdistill.eval.linear_probe import evaluate_linear_probe
 from clipdistill.models.load_any import LoadedModel, load_model, raw_model
+from clipdistill.threads import configure_threads
 
 TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
 
@@ -140,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.feature_cache:
         ensure_writable_dir(args.feature_cache, what="feature cache")
     datasets = _datasets(args)  # before loading weights: a wrong path fails fast
+    threads, why = configure_threads(0, workers=args.workers)  # sized to this process's cores unless OMP_NUM_THREADS says
+    logging.getLogger("clipdistill.eval").info("evaluating with %d CPU threads (%s)", threads, why)
     model = load_model(args.model, device=args.device)
     metrics = run_task(args, model, datasets)
     if args.teacher:
