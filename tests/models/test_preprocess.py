@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from clipdistill.data.augmentation import Augmentation
 from clipdistill.data.transforms import PairedTransform, apply_view, eval_transform
 from clipdistill.errors import UserError
 from clipdistill.models import ImageSpec, build_student, load_teacher
@@ -53,7 +54,7 @@ def test_one_sampled_crop_is_rendered_for_each_model_in_its_own_mode():
     image = _non_square_image(64, 40)
     student = ImageSpec(16, HALF, HALF, resize_mode="shortest")
     teacher = ImageSpec(24, (0.0,) * 3, (1.0,) * 3, interpolation="bilinear", resize_mode="squash")
-    out = PairedTransform({"student_image": student, "teacher_image": teacher}, ratio=(0.5, 0.6))(
+    out = PairedTransform({"student_image": student, "teacher_image": teacher}, Augmentation(ratio=(0.5, 0.6)))(
         image, torch.Generator().manual_seed(1))
     top, left, h, w, _ = out["view"].tolist()
     assert w < h  # a tall crop (ratio < 1) of a wide image: shortest and squash must disagree
