@@ -40,8 +40,8 @@ from clipdistill.errors import UserError
 
 MODES = ("cid", "semdedup")
 # Cosine gap between a row's nearest and second-nearest centroid within which it is also compared in
-# the second cell. 0.05 reaches the 97 % target on the planted set (docs/clip_cid.md, bench/curate.py).
-PROBE_MARGIN = 0.05
+# the second cell. 0.02 reaches the 97 % target on the planted set (docs/clip_cid.md, bench/curate.py).
+PROBE_MARGIN = 0.02
 
 log = logging.getLogger("clipdistill.curate")
 
@@ -71,8 +71,11 @@ def default_clusters(n: int) -> int:
 
 
 def default_sample(k: int) -> int:
-    """k-means training rows: 200 000 (a constant, so memory does not grow with N), or 16 a centroid."""
-    return max(200_000, 16 * k)
+    """k-means training rows: 100 000 (a constant, so memory does not grow with N), or 8 a centroid.
+
+    Cells only need to be compact neighbourhoods, not converged k-means: uneven ones are split, and
+    multi-probe covers their boundaries."""
+    return max(100_000, 8 * k)
 
 
 def curate(x, *, mode: str = "cid", clusters: int | None = None, target_removal: float | None = None,
@@ -166,8 +169,8 @@ def _centroids(source, work, k, sample, iterations, seed, progress) -> np.ndarra
 def _assign(source, work, centroids, batches, probe_margin, seed, progress) -> None:
     """Stream the rows past the centroids and spill each cell's member records (resumes per chunk)."""
     nearest = NearestCells(centroids, seed=seed)
-    done = work.assigned_rows(batches)
-    starts = range(done - done % BLOCK, source.n, BLOCK)
+    done = work.assigned_rows(batches)  # a multiple of BLOCK, or N
+    starts = range(done, source.n, BLOCK)
     for start in tqdm(starts, desc="assign cells", unit="chunk", disable=not progress):
         stop = min(start + BLOCK, source.n)
         cells, sims = nearest.search(source.read(start, stop))
@@ -185,8 +188,7 @@ def _assign(source, work, centroids, batches, probe_margin, seed, progress) -> N
 
 def _merge(source, work, batches, mode, survivor, target_removal, threshold) -> CurateResult:
     n = source.n
-    columns = [work.load_cells(b, len(work.records(b))) for b in range(batches)]
-    columns = [np.concatenate(c) for c in zip(*columns)]
+    columns = _stored_columns(work, batches)
     if mode == "cid":
         u, v, scores = global_forest(*columns, n)
     else:
@@ -204,6 +206,12 @@ def _merge(source, work, batches, mode, survivor, target_removal, threshold) -> 
     return CurateResult(keep=keep.astype(np.int64), threshold=float(1.0 - t), centroids=centroids,
                         cluster_sizes=sizes, cluster_kept=kept, scores=scores, n_total=n, seconds=0.0,
                         probed=probed)
+
+
+def _stored_columns(work, batches) -> list[np.ndarray]:
+    """Every batch's stored columns, concatenated in batch order."""
+    parts = [work.load_cells(b, len(work.records(b))) for b in range(batches)]
+    return [np.concatenate(column) for column in zip(*parts)]
 
 
 def _home(work, n) -> np.ndarray:

@@ -59,7 +59,8 @@ def _part_scores(points: np.ndarray, members: np.ndarray, mode: str) -> tuple[np
         points = points[order]
         return members["row"][order], max_similarity_to_earlier(points @ points.T)
     u, v, w = maximum_spanning_forest(points @ points.T)
-    return members["row"][u], members["row"][v], w
+    rows = members["row"].astype(np.int32) if len(members) and members["row"].max() < 2**31 else members["row"]
+    return rows[u], rows[v], w  # int32 row ids below 2^31: the merge holds every edge
 
 
 def _compute(task) -> int:

@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cluster-size", type=int, default=2048, help="larger clusters are split")
     p.add_argument("--probe-margin", type=float, default=PROBE_MARGIN, help="a row whose second-nearest centroid "
                    "is within this cosine of its nearest is also compared in that cell (0: never)")
-    p.add_argument("--kmeans-sample", type=int, default=0, help="rows k-means trains on (default max(200 000, 16 K))")
+    p.add_argument("--kmeans-sample", type=int, default=0, help="rows k-means trains on (default max(100 000, 8 K))")
     p.add_argument("--workers", type=int, default=1, help="processes for the duplicate pass (per rank)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")

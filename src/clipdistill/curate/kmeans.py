@@ -106,7 +106,7 @@ class NearestCells:
     inverted file over the centroids themselves (√K coarse lists, ``probes`` of them searched), so a
     row costs ~(√K + probes·√K)·D instead of K·D. Deterministic for given centroids."""
 
-    def __init__(self, centroids: np.ndarray, *, probes: int = 8, seed: int = 0):
+    def __init__(self, centroids: np.ndarray, *, probes: int = 3, seed: int = 0):
         centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         k, dim = centroids.shape
         if k <= FLAT_LIMIT:

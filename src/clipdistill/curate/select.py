@@ -13,26 +13,41 @@ above t (union-find over every pair above t, transitively); each keeps its survi
 from __future__ import annotations
 
 import numpy as np
-from scipy.sparse import coo_matrix
+from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
-from clipdistill.curate.sources import BLOCK, RowSource
+from clipdistill.curate.sources import RowSource
 
 SURVIVORS = ("group_mean", "centroid")
+# Rows per pass of the group-mean survivor rule (float64 copies of them: ~8 · D bytes each).
+GROUP_ROWS = 16384
 # Cosines to the group mean this close count as a tie, which goes to the lowest row.
 TIE = 1e-6
 
 
 def global_forest(u: np.ndarray, v: np.ndarray, w: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
-    """The maximum spanning forest of the union of the edges ``(u, v, w)`` over ``n`` rows."""
+    """The maximum spanning forest of the union of the edges ``(u, v, w)`` over ``n`` rows.
+
+    Memory matters here (the merge holds every batch's edges): pairs are keyed once, sorted once, and
+    the sparse graph is built directly in CSR form from the sorted keys.
+    """
     a, b = np.minimum(u, v), np.maximum(u, v)
-    order = np.lexsort((-w, b, a))
-    a, b, w = a[order], b[order], w[order]
-    first = np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])]  # each pair once, at its largest cosine
-    a, b, w = a[first], b[first], w[first]
+    key = a.astype(np.int64) * n + b
+    del a, b
+    order = np.lexsort((-w, key))
+    key, w = key[order], w[order]
+    del order
+    first = np.r_[True, key[1:] != key[:-1]]  # each pair once, at its largest cosine
+    key, w = key[first], w[first]
+    del first
+    rows = key // n
+    indptr = np.searchsorted(rows, np.arange(n + 1)).astype(np.int64)
+    del rows
     # 2 − w > 0 is exact in float64 for a float32 w, and a minimum tree on it is a maximum tree on w.
-    graph = coo_matrix((2.0 - w.astype(np.float64), (a, b)), shape=(n, n)).tocsr()
+    graph = csr_matrix((2.0 - w.astype(np.float64), (key % n).astype(np.int32), indptr), shape=(n, n))
+    del key, w, indptr
     forest = minimum_spanning_tree(graph).tocoo()
+    del graph
     return forest.row.astype(np.int64), forest.col.astype(np.int64), (2.0 - forest.data).astype(np.float32)
 
 
@@ -65,12 +80,12 @@ def survivors(component: np.ndarray, rule: str, source: RowSource, centrality) -
 
 
 def _cosine_to_group_mean(members: np.ndarray, group: np.ndarray, source: RowSource) -> np.ndarray:
-    """Each member's cosine to its group's mean, whole groups at a time (memory: ~BLOCK rows)."""
+    """Each member's cosine to its group's mean, whole groups at a time (memory: ~``GROUP_ROWS`` rows)."""
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
     score = np.empty(len(members), dtype=np.float64)
     begin = 0
     while begin < len(starts):
-        end = int(np.searchsorted(starts, starts[begin] + BLOCK, side="left"))
+        end = int(np.searchsorted(starts, starts[begin] + GROUP_ROWS, side="left"))
         end = max(end, begin + 1)
         lo, hi = starts[begin], (starts[end] if end < len(starts) else len(members))
         rows = members[lo:hi]

@@ -119,16 +119,19 @@ class RowSource:
 
     def sample(self, size: int, seed: int) -> np.ndarray:
         """``size`` distinct rows drawn uniformly (sorted ids, gathered in pieces)."""
-        if size >= self.n:
-            return np.concatenate([self.read(a, min(a + BLOCK, self.n)) for a in range(0, self.n, BLOCK)])
-        rows = np.sort(np.random.default_rng(seed).choice(self.n, size, replace=False))
-        return np.concatenate([self.gather(rows[a:a + BLOCK]) for a in range(0, size, BLOCK)])
+        rows = np.arange(self.n) if size >= self.n else np.sort(np.random.default_rng(seed).choice(self.n, size,
+                                                                                                  replace=False))
+        out = np.empty((len(rows), self.dim), dtype=np.float32)  # filled in place: one copy of the sample
+        for a in range(0, len(rows), BLOCK):
+            part = rows[a:a + BLOCK]
+            out[a:a + len(part)] = self.read(int(part[0]), int(part[-1]) + 1) if size >= self.n else self.gather(part)
+        return out
 
 
 def unit_rows(block: np.ndarray, name, where: int) -> np.ndarray:
     """float32 copy of ``block`` with unit-length rows; zero or non-finite rows stop with one line."""
     out = np.array(block, dtype=np.float32)
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", out, out))[:, None]
     if not np.all(np.isfinite(norms)) or np.any(norms == 0):
         raise UserError(f"{name}: rows near {where} are zero or not finite")
     out /= norms
