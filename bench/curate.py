@@ -63,7 +63,7 @@ def curate_in_child(embeddings: Path, out: Path, threads: int, options: list[str
     report = json.loads((out / "report.json").read_text())
     return {"seconds": round(seconds, 1), "peak_mb": round(peak_kb / 1024), "removal": round(report["removal"], 4),
             "clusters": report["clusters"], "probed": report.get("probed"),
-            "timings": report["timings"]}
+            "timings": report["timings"], "peak_mb_after": report.get("peak_mb_after")}
 
 
 def scale(args) -> dict:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class CurateResult:
     seconds: float
     timings: dict = field(default_factory=dict)
     probed: float = 0.0  # fraction of rows also compared in their second-nearest cell
+    peak_mb: dict = field(default_factory=dict)  # this process's peak resident memory after each phase
 
     @property
     def removal(self) -> float:
@@ -96,7 +98,7 @@ def curate(x, *, mode: str = "cid", clusters: int | None = None, target_removal:
                           max_cluster_size=max_cluster_size, iterations=iterations, seed=seed, survivor=survivor,
                           probe_margin=probe_margin, kmeans_sample=kmeans_sample, workers=workers, progress=progress,
                           work=WorkDir(Path(tmp) / "work"))
-    started, timings = time.time(), {}
+    started, timings, peaks = time.time(), {}, {}
     k = clusters or default_clusters(source.n)
     sample = kmeans_sample or default_sample(k)
     batches = max(1, min(k, math.ceil(source.n / batch_rows())))
@@ -106,10 +108,10 @@ def curate(x, *, mode: str = "cid", clusters: int | None = None, target_removal:
     if rank == 0:
         work.start(fingerprint)
         centroids = _centroids(source, work, k, sample, iterations, seed, progress)
-        timings["kmeans"] = time.time() - started
+        timings["kmeans"], peaks["kmeans"] = time.time() - started, _peak_mb()
         mark = time.time()
         _assign(source, work, centroids, batches, probe_margin, seed, progress)
-        timings["assign"] = time.time() - mark
+        timings["assign"], peaks["assign"] = time.time() - mark, _peak_mb()
     if barrier is not None:
         barrier()  # rank 0 has spilled every member list
     if rank != 0 and not work.wait_started(fingerprint):
@@ -119,7 +121,7 @@ def curate(x, *, mode: str = "cid", clusters: int | None = None, target_removal:
     mine = [b for b in range(batches) if b % world == rank]
     run_batches(source, work, mine, mode=mode, max_cluster_size=max_cluster_size, seed=seed, workers=workers,
                 progress=progress)
-    timings["pairwise"] = time.time() - mark
+    timings["pairwise"], peaks["pairwise"] = time.time() - mark, _peak_mb()
     if barrier is not None:
         barrier()  # every rank's batches are stored
     if rank != 0:
@@ -129,9 +131,13 @@ def curate(x, *, mode: str = "cid", clusters: int | None = None, target_removal:
     run_batches(source, work, list(range(batches)), mode=mode, max_cluster_size=max_cluster_size, seed=seed,
                 workers=workers, progress=False)
     result = _merge(source, work, batches, mode, survivor, target_removal, threshold)
-    timings["merge"] = time.time() - mark
-    result.seconds, result.timings = time.time() - started, timings
+    timings["merge"], peaks["merge"] = time.time() - mark, _peak_mb()
+    result.seconds, result.timings, result.peak_mb = time.time() - started, timings, peaks
     return result
+
+
+def _peak_mb() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # kB on Linux
 
 
 def _check_arguments(mode, target_removal, threshold, survivor, world) -> None:

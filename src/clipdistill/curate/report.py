@@ -28,7 +28,8 @@ def write_report(result: CurateResult, out_dir: str | Path, *, mode: str, extra:
               "threshold": result.threshold, "min_duplicate_cosine": 1.0 - result.threshold,
               "clusters": int(len(result.centroids)), "mode": mode,
               "probed": round(result.probed, 4), "seconds": round(result.seconds, 2),
-              "timings": {k: round(v, 2) for k, v in result.timings.items()}, **(extra or {})}
+              "timings": {k: round(v, 2) for k, v in result.timings.items()},
+              "peak_mb_after": result.peak_mb, **(extra or {})}
     write_text_atomic(out / "report.json", json.dumps(report, indent=2))
     _plot(result, out / "report.png")
     return report

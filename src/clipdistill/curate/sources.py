@@ -195,15 +195,19 @@ class NpyRows(RowSource):
         return unit_rows(raw.reshape(stop - start, self.dim), self.path, start)
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
-        if self._map is None or self._mapped_rows > self.MAP_ROWS:
-            self._map = np.load(self.path, mmap_mode="r")
-            self._mapped_rows = 0
-        self._mapped_rows += len(rows)
-        try:
-            block = self._map[rows]
-        except OSError as err:  # SIGBUS-free on Linux only for reads within the file; truncation shows here
-            raise UserError(f"{self.path}: rows cannot be read ({err})") from None
-        return unit_rows(block, self.path, int(rows[0]) if len(rows) else 0)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        for a in range(0, len(rows), self.MAP_ROWS):  # a long list in pieces, the map renewed between them
+            if self._map is None or self._mapped_rows >= self.MAP_ROWS:
+                self._map = None  # unmapped first: its pages leave the resident set
+                self._map = np.load(self.path, mmap_mode="r")
+                self._mapped_rows = 0
+            part = rows[a:a + self.MAP_ROWS]
+            self._mapped_rows += len(part)
+            out[a:a + len(part)] = unit_rows(self._map[part], self.path, int(part[0]))
+        return out
+
+    def __getstate__(self):  # a worker process maps the file itself
+        return {**self.__dict__, "_map": None, "_mapped_rows": 0}
 
 
 class CacheImages(RowSource):
