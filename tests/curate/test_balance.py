@@ -119,3 +119,19 @@ def test_bad_arguments_are_user_errors():
         curate(x, threshold=0.1, target_removal=0.2)
     with pytest.raises(UserError, match="unknown curate mode"):
         curate(x, mode="fast", threshold=0.1)
+
+
+def test_lock_step_forests_equal_one_group_at_a_time():
+    from clipdistill.curate.duplicates import maximum_spanning_forests
+
+    rng = np.random.default_rng(5)
+    sizes = np.array([1, 2, 37, 60, 59])
+    sims = np.full((5, 60, 60), 7.0, dtype=np.float32)  # padding that would win if it were read
+    for g, s in enumerate(sizes):
+        x = unit(rng.standard_normal((s, 6)))
+        sims[g, :s, :s] = x @ x.T
+    for g, (u, v, w) in enumerate(maximum_spanning_forests(sims, sizes)):
+        s = sizes[g]
+        expected = maximum_spanning_forest(sims[g, :s, :s])
+        for got, want in zip((u, v, w), expected):
+            np.testing.assert_array_equal(got, want)

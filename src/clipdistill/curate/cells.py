@@ -21,12 +21,15 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from clipdistill.curate.duplicates import max_similarity_to_earlier, maximum_spanning_forest
+from clipdistill.curate.duplicates import max_similarity_to_earlier, maximum_spanning_forests
 from clipdistill.curate.partition import split_points
 from clipdistill.curate.resume import WorkDir
 from clipdistill.curate.sources import RowSource
 
 log = logging.getLogger("clipdistill.curate")
+
+# Similarity entries of the parts whose forests run in lock step (C · n_max²): 32 MB of float32.
+LOCKSTEP_ENTRIES = 8_000_000
 
 
 def batch_scores(source: RowSource, records: np.ndarray, *, mode: str, max_cluster_size: int,
@@ -36,7 +39,7 @@ def batch_scores(source: RowSource, records: np.ndarray, *, mode: str, max_clust
     if mode == "semdedup":
         records = records[records["guest"] == 0]
     bounds = np.flatnonzero(np.diff(records["cell"])) + 1
-    parts = []
+    parts, pending = [], []
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
@@ -44,23 +47,41 @@ def batch_scores(source: RowSource, records: np.ndarray, *, mode: str, max_clust
             for cell in np.split(records, bounds) if len(records) else []:
                 points = source.gather(cell["row"])
                 for local in split_points(points, max_cluster_size, seed=seed):
-                    parts.append(_part_scores(points[local], cell[local], mode))
+                    if mode == "semdedup":
+                        parts.append(_semdedup_scores(points[local], cell[local]))
+                        continue
+                    pending.append((points[local], cell["row"][local]))
+                    if len(pending) * max(len(p) for p, _ in pending) ** 2 >= LOCKSTEP_ENTRIES:
+                        parts.extend(_forests(pending))
+                        pending = []
+            parts.extend(_forests(pending))
     finally:
         faiss.omp_set_num_threads(threads)
     if not parts:
-        empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+        empty = (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32))
         return empty if mode == "cid" else empty[1:]
     return tuple(np.concatenate(column) for column in zip(*parts))
 
 
-def _part_scores(points: np.ndarray, members: np.ndarray, mode: str) -> tuple[np.ndarray, ...]:
-    if mode == "semdedup":
-        order = np.argsort(members["sim"], kind="stable")  # farthest from the centroid first
-        points = points[order]
-        return members["row"][order], max_similarity_to_earlier(points @ points.T)
-    u, v, w = maximum_spanning_forest(points @ points.T)
-    rows = members["row"].astype(np.int32) if len(members) and members["row"].max() < 2**31 else members["row"]
-    return rows[u], rows[v], w  # int32 row ids below 2^31: the merge holds every edge
+def _semdedup_scores(points: np.ndarray, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(members["sim"], kind="stable")  # farthest from the centroid first
+    points = points[order]
+    return members["row"][order], max_similarity_to_earlier(points @ points.T)
+
+
+def _forests(pending: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, ...]]:
+    """The maximum spanning forest of each part (points, row ids), computed in lock step."""
+    if not pending:
+        return []
+    sizes = np.array([len(rows) for _, rows in pending])
+    sims = np.zeros((len(pending), sizes.max(), sizes.max()), dtype=np.float32)
+    for g, (points, _) in enumerate(pending):
+        sims[g, :len(points), :len(points)] = points @ points.T
+    out = []
+    for (_, rows), (u, v, w) in zip(pending, maximum_spanning_forests(sims, sizes)):
+        rows = rows.astype(np.int32) if len(rows) and rows.max() < 2**31 else rows  # the merge holds every edge
+        out.append((rows[u], rows[v], w))
+    return out
 
 
 def _compute(task) -> int:
