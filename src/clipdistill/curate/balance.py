@@ -20,7 +20,6 @@ finished: a killed run, rerun with the same work directory, continues and keeps 
 """
 from __future__ import annotations
 
-import logging
 import math
 import resource
 import tempfile
@@ -43,8 +42,6 @@ MODES = ("cid", "semdedup")
 # Cosine gap between a row's nearest and second-nearest centroid within which it is also compared in
 # the second cell. 0.02 reaches the 97 % target on the planted set (docs/clip_cid.md, bench/curate.py).
 PROBE_MARGIN = 0.02
-
-log = logging.getLogger("clipdistill.curate")
 
 
 @dataclass

@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     with ranks() as (rank, world, barrier):
         result = curate(source, mode=args.mode, clusters=args.clusters or None, target_removal=target,
                         threshold=args.threshold, max_cluster_size=args.max_cluster_size, seed=args.seed,
-                        survivor=args.survivor, probe_margin=args.probe_margin, kmeans_sample=args.kmeans_sample or None,
-                        workers=args.workers, rank=rank, world=world, barrier=barrier, progress=progress and rank == 0,
-                        work=work)
+                        survivor=args.survivor, probe_margin=args.probe_margin,
+                        kmeans_sample=args.kmeans_sample or None, workers=args.workers, rank=rank, world=world,
+                        barrier=barrier, progress=progress and rank == 0, work=work)
     if result is None:
         return 0  # not rank 0: its share is stored, rank 0 writes the outputs
     keep = source.names_of_images(result.keep) if isinstance(source, CacheImages) else None

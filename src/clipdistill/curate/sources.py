@@ -6,6 +6,7 @@ dataset position (the ``index`` tensor every shard stores) for whoever must name
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -156,16 +157,13 @@ class ArrayRows(RowSource):
 
 
 class NpyRows(RowSource):
-    """A ``.npy`` file of any float dtype (fp16 included), never loaded whole.
+    """A ``.npy`` file of any float dtype (fp16 included), never loaded whole and never mapped.
 
-    Chunks are read with plain file reads (no mapping: the resident set stays one chunk). Gathers go
-    through a memory map that is dropped and reopened every ``MAP_ROWS`` rows, so the pages it touched
-    leave the process's resident set (they stay in the page cache) and peak memory does not grow with N.
-    Each row read maps ~64 KB around it (the kernel's fault-around; madvise(RANDOM) does not stop it,
-    measured), so 1 024 rows keep at most ~64 MB mapped.
+    Chunks and single rows are read with plain reads (``pread``; runs of consecutive rows in one
+    call), so the process's resident set holds only what it asked for. A memory map would do too but
+    for the accounting: each row read through one maps the page-cache folio around it (up to MBs on
+    current kernels; 1 024 rows spread over a 600 MB file left 560 MB resident, measured).
     """
-
-    MAP_ROWS = 1024
 
     def __init__(self, path: str | Path):
         path = Path(path)
@@ -183,33 +181,28 @@ class NpyRows(RowSource):
             raise UserError(f"{path}: a Fortran-ordered array; save it C-ordered (np.ascontiguousarray)")
         self.path, self.dtype, self.offset = path, mapped.dtype, mapped.offset
         self.n, self.dim = mapped.shape
+        self.row_bytes = self.dim * self.dtype.itemsize
+        del mapped
         stat = path.stat()
         self.identity = f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns}"
-        self._map, self._mapped_rows = None, 0
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        row_bytes = self.dim * self.dtype.itemsize
-        with open(self.path, "rb") as file:
-            file.seek(self.offset + start * row_bytes)
-            raw = np.fromfile(file, dtype=self.dtype, count=(stop - start) * self.dim)
-        if len(raw) != (stop - start) * self.dim:
-            raise UserError(f"{self.path}: rows {start}..{stop} cannot be read (file truncated?)")
-        return unit_rows(raw.reshape(stop - start, self.dim), self.path, start)
+        return self.gather(np.arange(start, stop))
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
-        for a in range(0, len(rows), self.MAP_ROWS):  # a long list in pieces, the map renewed between them
-            if self._map is None or self._mapped_rows >= self.MAP_ROWS:
-                self._map = None  # unmapped first: its pages leave the resident set
-                self._map = np.load(self.path, mmap_mode="r")
-                self._mapped_rows = 0
-            part = rows[a:a + self.MAP_ROWS]
-            self._mapped_rows += len(part)
-            out[a:a + len(part)] = unit_rows(self._map[part], self.path, int(part[0]))
-        return out
-
-    def __getstate__(self):  # a worker process maps the file itself
-        return {**self.__dict__, "_map": None, "_mapped_rows": 0}
+        rows = np.asarray(rows, dtype=np.int64)
+        raw = np.empty((len(rows), self.dim), dtype=self.dtype)
+        view = memoryview(raw.reshape(-1).view(np.uint8))
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1  # runs of consecutive rows: one read each
+        starts, stops = np.r_[0, breaks], np.r_[breaks, len(rows)]
+        with open(self.path, "rb", buffering=0) as file:
+            for a, b in zip(starts.tolist(), stops.tolist()):
+                want = (b - a) * self.row_bytes
+                got = os.preadv(file.fileno(), [view[a * self.row_bytes:b * self.row_bytes]],
+                                self.offset + int(rows[a]) * self.row_bytes)
+                if got != want:
+                    raise UserError(f"{self.path}: rows {rows[a]}..{rows[b - 1]} cannot be read (file truncated?)")
+        return unit_rows(raw, self.path, int(rows[0]) if len(rows) else 0)
 
 
 class CacheImages(RowSource):
