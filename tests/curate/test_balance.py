@@ -35,18 +35,34 @@ def naive_cid(x, t, centroid):
     return sorted(int(np.flatnonzero(comp == c)[np.argmax(centrality[comp == c])]) for c in np.unique(comp))
 
 
+def naive_cid_group_mean(x, t, centroid):
+    """All pairs, union-find, and each component keeps the member nearest (Euclidean) its own mean."""
+    _, comp = connected_components(x @ x.T > t, directed=False)
+    keep = []
+    for c in np.unique(comp):
+        members = np.flatnonzero(comp == c)
+        mean = x[members].astype(np.float64).mean(axis=0)
+        distance = np.linalg.norm(x[members] - mean, axis=1)
+        # ‖p − m‖² = 1 − 2 p·m + ‖m‖²: the 1e-6 cosine tie of the implementation is 2e-6 here
+        squared = distance ** 2
+        keep.append(int(members[np.flatnonzero(squared <= squared.min() + 2e-6)[0]]))
+    return sorted(keep)
+
+
 def naive_semdedup(x, t, centroid):
     order = np.argsort(x @ centroid, kind="stable")  # farthest first
     keep = [j for pos, j in enumerate(order) if all(x[i] @ x[j] <= t for i in order[:pos])]
     return sorted(int(j) for j in keep)
 
 
-@pytest.mark.parametrize("mode,naive", [("cid", naive_cid), ("semdedup", naive_semdedup)])
-def test_one_cluster_equals_all_pairs_oracle(mode, naive):
+@pytest.mark.parametrize("mode,survivor,naive", [("cid", "centroid", naive_cid),
+                                                ("cid", "group_mean", naive_cid_group_mean),
+                                                ("semdedup", "group_mean", naive_semdedup)])
+def test_one_cluster_equals_all_pairs_oracle(mode, survivor, naive):
     rng = np.random.default_rng(3)
     centers = unit(rng.standard_normal((5, 8)))
     x = unit(centers[rng.integers(0, 5, 120)] + 0.3 * rng.standard_normal((120, 8)))
-    result = curate(x, mode=mode, clusters=1, threshold=0.1)
+    result = curate(x, mode=mode, clusters=1, threshold=0.1, survivor=survivor)
     centroid = result.centroids[0]
     assert result.keep.tolist() == naive(x, 0.9, centroid)
     assert 0 < len(result.keep) < len(x)
@@ -103,3 +119,19 @@ def test_bad_arguments_are_user_errors():
         curate(x, threshold=0.1, target_removal=0.2)
     with pytest.raises(UserError, match="unknown curate mode"):
         curate(x, mode="fast", threshold=0.1)
+
+
+def test_lock_step_forests_equal_one_group_at_a_time():
+    from clipdistill.curate.duplicates import maximum_spanning_forests
+
+    rng = np.random.default_rng(5)
+    sizes = np.array([1, 2, 37, 60, 59])
+    sims = np.full((5, 60, 60), 7.0, dtype=np.float32)  # padding that would win if it were read
+    for g, s in enumerate(sizes):
+        x = unit(rng.standard_normal((s, 6)))
+        sims[g, :s, :s] = x @ x.T
+    for g, (u, v, w) in enumerate(maximum_spanning_forests(sims, sizes)):
+        s = sizes[g]
+        expected = maximum_spanning_forest(sims[g, :s, :s])
+        for got, want in zip((u, v, w), expected):
+            np.testing.assert_array_equal(got, want)

@@ -115,3 +115,27 @@ def test_cache_input_errors_are_one_line(cache_dir, tmp_path, capsys):
                  str(tmp_path / "o")]) == 2
     assert "cannot be combined with a teacher cache" in capsys.readouterr().err
 
+
+
+def test_multi_caption_cache_is_curated_per_image_and_keeps_every_caption_of_a_kept_image(tmp_path):
+    """Rows of one image share its embedding: curated per caption row they would all be "duplicates"
+    of each other. Per image, only the copied picture goes, with all of its captions."""
+    from clipdistill.data import CsvPairs
+
+    scenes = SyntheticPairs(3, seed=1, image_size=48)
+    for i, name in enumerate("abc"):
+        scenes[i]["image"].save(tmp_path / f"{name}.png")
+    scenes[0]["image"].save(tmp_path / "a_copy.png")  # the same picture under another name
+    rows = [("a", "a one"), ("a", "a two"), ("a", "a three"), ("b", "b one"), ("b", "b two"), ("c", "c one"),
+            ("a_copy", "copy one"), ("a_copy", "copy two")]
+    lines = ["filepath\ttitle", *(f"{image}.png\t{caption}" for image, caption in rows)]
+    (tmp_path / "captions.tsv").write_text("\n".join(lines) + "\n")
+    torch.manual_seed(7)
+    teacher = load_teacher("openclip", model="tiny-teacher")
+    make_cache(tmp_path / "cache", CsvPairs(tmp_path / "captions.tsv"), teacher, views=1, shard_size=100,
+               dataset_info={"kind": "csv", "path": str(tmp_path / "captions.tsv")}, scale=(1.0, 1.0),
+               ratio=(1.0, 1.0))
+    keep, report = curate(tmp_path / "cache", tmp_path / "cur", "--clusters", "1", "--threshold", "0.001")
+    assert report["images"] == 4 and report["n_total"] == 4 and report["n_kept"] == 3 and report["rows"] == 8
+    a_rows, copy_rows = [0, 1, 2], [6, 7]
+    assert keep.tolist() in (a_rows + [3, 4, 5], [3, 4, 5] + copy_rows)  # all captions of each kept image

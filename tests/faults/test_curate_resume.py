@@ -1,8 +1,9 @@
 """``clipdistill curate`` SIGKILLed three times resumes to the keep list of an uninterrupted run.
 
 Each process kills itself at a chosen file rename (``forked_cli.curate_killed_at_rename``): every part
-curate stores, and every output, lands by a rename, so the moments just before and just after one are
-the ones that decide what a rerun finds. A kill anywhere else loses only work not stored yet.
+curate stores whole (centroids, each chunk's progress record, each batch of cells, each output) lands
+by a rename, so the moments just before and just after one are the ones that decide what a rerun
+finds; the member lists between two progress records are appended, and a kill there is cut back.
 The processes fork from the pre-imported server of ``test_kill_resume`` (start-up costs seconds).
 """
 import json
@@ -11,15 +12,14 @@ import os
 import signal
 
 import numpy as np
-import pytest
-
 from clipdistill.cli import main
 from clipdistill.curate import curate
-from clipdistill.curate.resume import CHUNK_ENV, WorkDir
+from clipdistill.curate.resume import CHUNK_ENV, RECORD, WorkDir
+from clipdistill.curate.sources import BLOCK, NpyRows
 from curate.planted import planted
 from faults import forked_cli
 
-CHUNK = 3  # groups per stored chunk: 20 clusters make 7 chunks
+CHUNK = 300  # member rows per batch of cells: ~2 250 rows make 8 batches
 
 
 def curate_args(embeddings, out):
@@ -38,8 +38,8 @@ def killed_run(argv, rename: int, before: bool) -> None:
     assert process.exitcode == -signal.SIGKILL, f"expected a SIGKILL at rename {rename}, got {process.exitcode}"
 
 
-def stored(work) -> list[str]:
-    return sorted(p.name for p in work.iterdir())
+def stored(directory) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
 
 
 def test_sigkilled_curate_resumes_to_the_uninterrupted_keep_list(tmp_path, monkeypatch, caplog):
@@ -49,66 +49,73 @@ def test_sigkilled_curate_resumes_to_the_uninterrupted_keep_list(tmp_path, monke
     x, _ = planted(n_base=2000, n_groups=200)
     embeddings = tmp_path / "emb.npy"
     np.save(embeddings, x)
-    # The reference stores its pairwise scores as one chunk: chunking must not change the result either.
+    monkeypatch.setenv(CHUNK_ENV, str(CHUNK))
     assert main(["curate", *curate_args(embeddings, tmp_path / "reference")]) == 0
     expected = np.load(tmp_path / "reference" / "keep.npy")
     assert not (tmp_path / "reference" / ".work").exists()
+    batches = -(-len(x) // CHUNK)
+    assert len(x) < BLOCK  # one chunk of rows: renames 1 fingerprint, 2 centroids, 3 progress, 4.. batches
 
     out = tmp_path / "killed"
     work = out / ".work"
     argv = curate_args(embeddings, out)
-    # Renames of a fresh run: 1 fingerprint, 2 clustering, 3-9 the chunks' scores, 10-12 the outputs.
-    killed_run(argv, rename=2, before=True)  # the clustering written, not yet renamed into place
-    assert stored(work) == ["clustering.npz.tmp", "fingerprint.json"]
-    killed_run(argv, rename=4, before=True)  # clustering again (1), two chunks (2, 3), the third written
-    assert stored(work) == ["clustering.npz", "fingerprint.json", "scores_00000000.npz", "scores_00000003.npz",
-                            "scores_00000006.npz.tmp"]
-    killed_run(argv, rename=6, before=False)  # the five other chunks (1-5), then keep.npy (6) and no more
-    assert len(list(work.glob("scores_*.npz"))) == 7
+    killed_run(argv, rename=3, before=True)  # the members appended, their progress record not renamed in
+    assert "progress.json.tmp" in stored(work / "members") and "progress.json" not in stored(work / "members")
+    assert (work / "centroids.npy").exists() and not list((work / "cells").iterdir())
+    killed_run(argv, rename=4, before=False)  # members cut back and appended again (1), three batches (2-4)
+    assert len(list((work / "cells").glob("batch_*.npz"))) == 3
+    records = sum(len(np.fromfile(f, dtype=RECORD)) for f in (work / "members").glob("batch_*.bin"))
+    assert len(x) <= records < 2 * len(x)  # the unrecorded append was cut back, not kept twice
+    killed_run(argv, rename=batches - 2, before=False)  # the other batches, then keep.npy, and no more
+    assert len(list((work / "cells").glob("batch_*.npz"))) == batches
     assert (out / "keep.npy").exists() and not (out / "report.json").exists()
 
-    monkeypatch.setenv(CHUNK_ENV, str(CHUNK))
     assert main(["curate", *argv]) == 0
-    assert any("pairwise scores of 7 of 7 chunks reused" in m for m in caplog.messages)
+    assert any(f"{batches} of {batches} batches reused" in m for m in caplog.messages)
     np.testing.assert_array_equal(np.load(out / "keep.npy"), expected)
     assert json.loads((out / "report.json").read_text())["n_kept"] == len(expected)
     assert sorted(p.name for p in out.iterdir()) == ["keep.npy", "report.json", "report.png"]
+
+
+def test_a_truncated_or_stale_cell_file_is_computed_again(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(CHUNK_ENV, "400")
+    x, _ = planted(n_base=1000, n_groups=100)
+    expected = curate(x, clusters=8, target_removal=0.05)
+    work = WorkDir(tmp_path / ".work")
+    curate(x, clusters=8, target_removal=0.05, work=work)
+    files = sorted((tmp_path / ".work" / "cells").glob("batch_*.npz"))
+    data = files[0].read_bytes()
+    files[0].write_bytes(data[: len(data) // 2])  # half-written (a crash, a copy cut short)
+    files[1].write_bytes(files[2].read_bytes())  # another batch's result under this name
+    caplog.clear()
+    result = curate(x, clusters=8, target_removal=0.05, work=work)
+    np.testing.assert_array_equal(result.keep, expected.keep)
+    assert result.threshold == expected.threshold
+    assert sum("is unreadable" in m for m in caplog.messages) == 1
+    assert sum("computed from other member lists" in m for m in caplog.messages) == 1
+    assert any(f"{len(files) - 2} of {len(files)} batches reused" in m for m in caplog.messages)
 
 
 def test_work_left_by_other_inputs_or_arguments_is_not_reused(tmp_path, caplog):
     x, _ = planted(n_base=300, n_groups=20)
     embeddings = tmp_path / "emb.npy"
     np.save(embeddings, x)
-    scores = (np.arange(4), np.ones(4, dtype=np.float32))
+    work = WorkDir(tmp_path / ".work")
 
-    def work_after_start(rows, **arguments):
-        work = WorkDir(tmp_path / ".work", source=embeddings, chunk_groups=2)
-        work.start(rows, {"seed": 0, **arguments})
-        return work
+    def run(seed=0):
+        return curate(NpyRows(embeddings), clusters=3, threshold=0.02, seed=seed, work=work).keep
 
-    work_after_start(x).save_scores(0, scores)
-    reused = work_after_start(x).load_scores(0)
-    assert all(np.array_equal(a, b) for a, b in zip(reused, scores))
-    caplog.clear()
-    for changed in ({"rows": x, "seed": 1}, {"rows": x[::-1].copy()}):
-        work_after_start(**changed).save_scores(0, scores)
-        work = work_after_start(x)  # back to the first inputs: what the changed run left is not trusted
-        assert work.load_scores(0) is None
-    stat = embeddings.stat()  # the same rows, written again: a newer modification time
-    os.utime(embeddings, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert work_after_start(x).load_scores(0) is None
-    assert sum("starting over" in m for m in caplog.messages) == 5
-
-
-@pytest.mark.parametrize("mode", ["cid", "semdedup"])
-def test_scores_stored_in_chunks_and_reused_give_the_same_keep_list(tmp_path, caplog, mode):
-    x, _ = planted(n_base=1000, n_groups=100)
-    np.save(tmp_path / "emb.npy", x)
-    expected = curate(x, mode=mode, clusters=8, target_removal=0.05)
-    for attempt in ("computed", "reused"):
-        work = WorkDir(tmp_path / ".work", source=tmp_path / "emb.npy", chunk_groups=3)
-        result = curate(x, mode=mode, clusters=8, target_removal=0.05, work=work)
-        np.testing.assert_array_equal(result.keep, expected.keep, err_msg=attempt)
-        assert result.threshold == expected.threshold
-        assert len(list(work.path.glob("scores_*.npz"))) == 3  # 8 groups, 3 a chunk
-    assert any("pairwise scores of 3 of 3 chunks reused" in m for m in caplog.messages)
+    expected = run()
+    for change in ("nothing", "seed", "rows", "mtime"):
+        caplog.clear()
+        if change == "rows":
+            np.save(embeddings, x[::-1].copy())  # same size, other rows
+        if change == "mtime":
+            stat = embeddings.stat()
+            os.utime(embeddings, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        keep = run(seed=1 if change == "seed" else 0)
+        starting_over = any("starting over" in m for m in caplog.messages)
+        assert starting_over == (change != "nothing"), change
+        if change == "nothing":
+            assert any("resuming" in m for m in caplog.messages)
+            np.testing.assert_array_equal(keep, expected)

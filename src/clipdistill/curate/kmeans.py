@@ -93,3 +93,47 @@ def hierarchical_kmeans(x: np.ndarray, k: int, *, iterations: int = 20, seed: in
     finally:
         faiss.omp_set_num_threads(threads)
     return labels, similarity, np.concatenate(centroids)
+
+
+def train_cells(sample: np.ndarray, k: int, *, iterations: int = 20, seed: int = 0,
+                progress: bool = False) -> np.ndarray:
+    """``(k', D)`` unit centroids trained on ``sample`` only (flat, or two levels above ``FLAT_LIMIT``)."""
+    return hierarchical_kmeans(sample, k, iterations=iterations, seed=seed, progress=progress)[2]
+
+
+class NearestCells:
+    """The two most similar centroids of each row: exact for up to ``FLAT_LIMIT`` centroids, else an
+    inverted file over the centroids themselves (√K coarse lists, ``probes`` of them searched), so a
+    row costs ~(√K + probes·√K)·D instead of K·D. Deterministic for given centroids."""
+
+    def __init__(self, centroids: np.ndarray, *, probes: int = 3, seed: int = 0):
+        centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        k, dim = centroids.shape
+        if k <= FLAT_LIMIT:
+            self.index = faiss.IndexFlatIP(dim)
+        else:
+            lists = math.ceil(math.sqrt(k))
+            coarse = train_spherical_kmeans(centroids, lists, seed=seed, points_per_centroid=64)
+            quantizer = faiss.IndexFlatIP(dim)
+            quantizer.add(coarse)
+            self.index = faiss.IndexIVFFlat(quantizer, dim, len(coarse), faiss.METRIC_INNER_PRODUCT)
+            self.index.is_trained = True
+            self.index.nprobe = min(probes, len(coarse))
+            self._quantizer = quantizer  # the index does not own it
+        self.index.add(centroids)
+        self._centroids = centroids
+        self.k = k
+
+    def search(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(cells (n, 2) int64, similarity (n, 2) float32)``; second column -1 / -inf if K = 1."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        sims, ids = self.index.search(rows, min(2, self.k))
+        missed = np.flatnonzero(ids[:, -1] < 0)  # the probed lists held fewer than two centroids
+        if len(missed):
+            exact = faiss.IndexFlatIP(rows.shape[1])
+            exact.add(self._centroids)
+            sims[missed], ids[missed] = exact.search(rows[missed], min(2, self.k))
+        if self.k == 1:
+            ids = np.c_[ids, np.full(len(ids), -1)]
+            sims = np.c_[sims, np.full(len(sims), -np.inf, dtype=np.float32)]
+        return ids.astype(np.int64), sims

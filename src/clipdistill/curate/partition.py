@@ -25,12 +25,17 @@ def split_oversized(x: np.ndarray, groups: list[np.ndarray], max_size: int, seed
     """Every group of more than ``max_size`` rows replaced by parts of at most ``max_size`` rows."""
     out: list[np.ndarray] = []
     for members in groups:
-        out.extend([members] if len(members) <= max_size else _split(x, members, max_size, seed))
+        out.extend([members] if len(members) <= max_size else _split(x[members], members, max_size, seed))
     return out
 
 
-def _split(x: np.ndarray, members: np.ndarray, max_size: int, seed: int) -> list[np.ndarray]:
-    points = x[members]
+def split_points(points: np.ndarray, max_size: int, seed: int = 0) -> list[np.ndarray]:
+    """Positions in ``points`` (one cell's unit rows) cut into parts of at most ``max_size``."""
+    everything = np.arange(len(points))
+    return [everything] if len(points) <= max_size else _split(points, everything, max_size, seed)
+
+
+def _split(points: np.ndarray, members: np.ndarray, max_size: int, seed: int) -> list[np.ndarray]:
     k = math.ceil(2 * len(members) / max_size)  # aim at half the limit: k-means parts are uneven
     centroids = train_spherical_kmeans(points, k, seed=seed, iterations=10)
     labels, similarity = assign_nearest(points, centroids)

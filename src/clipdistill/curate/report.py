@@ -12,9 +12,7 @@ from clipdistill.curate.balance import CurateResult
 
 def per_cluster_removal(result: CurateResult) -> np.ndarray:
     """Fraction of each k-means cluster's rows that was removed, ``(K,)`` (0 for empty clusters)."""
-    k = len(result.centroids)
-    sizes = np.bincount(result.labels, minlength=k)
-    kept = np.bincount(result.labels[result.keep], minlength=k)
+    sizes, kept = result.cluster_sizes, result.cluster_kept
     return np.where(sizes > 0, 1.0 - kept / np.maximum(sizes, 1), 0.0)
 
 
@@ -28,8 +26,10 @@ def write_report(result: CurateResult, out_dir: str | Path, *, mode: str, extra:
     write_atomic(out / "keep.npy", lambda file: np.save(file, result.keep if keep is None else keep))
     report = {"n_total": result.n_total, "n_kept": int(len(result.keep)), "removal": result.removal,
               "threshold": result.threshold, "min_duplicate_cosine": 1.0 - result.threshold,
-              "clusters": int(len(result.centroids)), "mode": mode, "seconds": round(result.seconds, 2),
-              "timings": {k: round(v, 2) for k, v in result.timings.items()}, **(extra or {})}
+              "clusters": int(len(result.centroids)), "mode": mode,
+              "probed": round(result.probed, 4), "seconds": round(result.seconds, 2),
+              "timings": {k: round(v, 2) for k, v in result.timings.items()},
+              "peak_mb_after": result.peak_mb, **(extra or {})}
     write_text_atomic(out / "report.json", json.dumps(report, indent=2))
     _plot(result, out / "report.png")
     return report
