@@ -104,11 +104,20 @@ def _train_worker(rank, world, init_file, out_dir, overrides, report_dir):
 
     real_batches = loop.train_batches
 
-    def rank1_skips_samples(*args, **kwargs):  # as if RANK1_BAD unreadable files preceded each batch of rank 1
-        for batch in real_batches(*args, **kwargs):
+    class Rank1SkipsSamples:  # as if RANK1_BAD unreadable files preceded each batch of rank 1
+        def __init__(self, *args, **kwargs):
+            self.batches = real_batches(*args, **kwargs)
+
+        def __next__(self):
+            batch = next(self.batches)
             if rank == 1:
                 batch["bad"] = Counter(batch["bad"]) + Counter({"corrupt_image": RANK1_BAD})
-            yield batch
+            return batch
+
+        def state(self):
+            return self.batches.state()
+
+    rank1_skips_samples = Rank1SkipsSamples
 
     loop.train_batches = rank1_skips_samples
     cfg = config_lib.load(None, ["student.model=tiny", "data.num_samples=64", "data.workers=0",
