@@ -16,6 +16,7 @@ COMMANDS = {
     "eval": ("clipdistill.eval.command", "evaluate a model (CLIP_benchmark tasks and schema, KD fidelity)"),
     "report": ("clipdistill.eval.report", "merge evaluation JSONs into a markdown or CSV table"),
     "export": ("clipdistill.export", "export a run's student as an open_clip model (safetensors)"),
+    "inherit": ("clipdistill.inherit.command", "initialise a student from a slice of its teacher's weights (TinyCLIP)"),
 }
 
 USAGE = "usage: clipdistill <command> [options]\n\ncommands:\n" + "\n".join(
