@@ -59,32 +59,46 @@ def _tensors(model) -> dict:
 
 # ---- same architecture: the teacher itself ---------------------------------------------------------------
 
-@pytest.mark.parametrize("layers", ["all", "uniform"])
-def test_student_with_the_teachers_architecture_gives_the_teachers_embeddings(teacher, teacher_file, tmp_path, layers):
-    out = tmp_path / "student"
-    inherit_to_dir(TEACHER, TEACHER, out, pretrained=teacher_file, layers=layers)
+@pytest.fixture(scope="module")
+def teacher_dir(teacher_file, tmp_path_factory):
+    """The teacher's own architecture inherited with the default layer choice (uniform: all blocks)."""
+    out = tmp_path_factory.mktemp("inherited") / "student"
+    inherit_to_dir(TEACHER, TEACHER, out, pretrained=teacher_file)
+    return out
+
+
+def test_student_with_the_teachers_architecture_gives_the_teachers_embeddings(teacher, teacher_dir):
     images, tokens = _inputs()
     with torch.no_grad():
         expected = teacher.encode_image(images), teacher.encode_text(tokens)
-        for student in (open_clip.create_model(f"local-dir:{out}").eval(),
-                        build_student(TEACHER, pretrained=str(out / "open_clip_model.safetensors")).model.eval()):
+        for student in (open_clip.create_model(f"local-dir:{teacher_dir}").eval(),
+                        build_student(TEACHER, pretrained=str(teacher_dir / "open_clip_model.safetensors")).model.eval()):
             assert torch.allclose(student.encode_image(images), expected[0], atol=1e-5, rtol=0)
             assert torch.allclose(student.encode_text(tokens), expected[1], atol=1e-5, rtol=0)
             assert student.logit_scale.item() == teacher.logit_scale.item()
     # open_clip finds the tokenizer and the teacher's preprocessing in the folder
-    assert torch.equal(open_clip.get_tokenizer(f"local-dir:{out}")(["a red square"]),
+    assert torch.equal(open_clip.get_tokenizer(f"local-dir:{teacher_dir}")(["a red square"]),
                        open_clip.get_tokenizer(TEACHER)(["a red square"]))
-    config = json.loads((out / "open_clip_config.json").read_text())
+    config = json.loads((teacher_dir / "open_clip_config.json").read_text())
     assert config["model_cfg"] == open_clip.get_model_config(TEACHER)
     assert config["preprocess_cfg"]["mean"] == list(open_clip.get_model_preprocess_cfg(teacher)["mean"])
 
 
-def test_local_dir_teacher_spec(teacher, teacher_file, tmp_path):
-    inherit_to_dir(TEACHER, TEACHER, tmp_path / "first", pretrained=teacher_file)
-    inherit_to_dir(f"local-dir:{tmp_path / 'first'}", TEACHER, tmp_path / "second")
-    second = open_clip.create_model(f"local-dir:{tmp_path / 'second'}").eval()
+def test_layers_all_copies_every_tensor(teacher):
+    student = build_student(TEACHER).model
+    _, selection = inherit_weights(teacher, student, image_layers="all", text_layers="all")
+    assert selection.image.layers == selection.text.layers == [0, 1, 2, 3]
+    inherited = _tensors(student)
     for key, value in _tensors(teacher).items():
-        assert torch.equal(second.state_dict()[key], value), key
+        assert torch.equal(inherited[key], value), key
+
+
+def test_local_dir_teacher_spec(teacher, teacher_dir, tmp_path):
+    inherit_to_dir(f"local-dir:{teacher_dir}", TEACHER, tmp_path / "again", layers="every_other",
+                   text_layers="first_k", image_layers="all")
+    again = open_clip.create_model(f"local-dir:{tmp_path / 'again'}").eval()
+    for key, value in _tensors(teacher).items():
+        assert torch.equal(again.state_dict()[key], value), key
 
 
 # ---- layers dropped, full width: each kept block is the teacher's block -------------------------------------
