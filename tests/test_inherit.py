@@ -101,6 +101,17 @@ def test_local_dir_teacher_spec(teacher, teacher_dir, tmp_path):
         assert torch.equal(again.state_dict()[key], value), key
 
 
+def test_custom_text_student_inherits_from_a_clip_teacher(teacher):
+    """CustomTextCLIP keeps its text tower under ``text.``; CLIP at the top level: the keys map across."""
+    student = build_student(_variant(custom_text=True)).model.eval()
+    assert isinstance(student, open_clip.CustomTextCLIP)
+    inherit_weights(teacher, student)
+    images, tokens = _inputs()
+    with torch.no_grad():
+        assert torch.allclose(student.encode_text(tokens), teacher.encode_text(tokens), atol=1e-5, rtol=0)
+        assert torch.allclose(student.encode_image(images), teacher.encode_image(images), atol=1e-5, rtol=0)
+
+
 # ---- layers dropped, full width: each kept block is the teacher's block -------------------------------------
 
 @pytest.mark.parametrize("image_layers,text_layers,expected_image,expected_text", [
