@@ -77,6 +77,9 @@ def inherit_to_dir(teacher: str, student: str, out: str | Path, *, pretrained: s
     check_config(open_clip.get_model_config(resolve_architecture(student)), f"student {student}")
     t_model, t_tokenizer, t_preprocess = load_open_clip_teacher(teacher, pretrained)
     built = build_student(student)
+    if _uses_quick_gelu(t_model) != _uses_quick_gelu(built.model):
+        log.warning("teacher and student use different GELU variants (quick_gelu): the inherited MLPs will "
+                    "compute slightly different functions until trained")
     if not _same_vocabulary(t_tokenizer, built.tokenizer):
         raise UserError(f"the student {student} tokenizes with {type(built.tokenizer).__name__}, the teacher "
                         f"with {type(t_tokenizer).__name__}: inherited token embeddings need the teacher's tokenizer")
@@ -87,14 +90,24 @@ def inherit_to_dir(teacher: str, student: str, out: str | Path, *, pretrained: s
         state_dict, selection = inherit_weights(
             t_model, built.model, image_layers=image_layers or layers, text_layers=text_layers or layers,
             calibration=batch, labels=(f"teacher {teacher}", f"student {student}"))
+    # The inherited weights expect the teacher's normalisation, at the student's input size.
     preprocess = {**t_preprocess, "size": image_spec_of(built.model).size}
-    record = {"teacher": teacher, "pretrained": pretrained, "student": student,
-              "importance": f"activations ({calibration}, {len(batch.images)} samples)" if batch else "magnitude",
-              "tokenizer": {"class": type(t_tokenizer).__name__,
-                            "context_length": built.model_cfg["text_cfg"].get("context_length", 77)},
-              "selection": selection.as_dict()}
+    importance = f"activations ({calibration}, {len(batch.images)} samples)" if batch else "magnitude"
+    record = {"teacher": teacher, "pretrained": pretrained, "student": student, "importance": importance,
+              "tokenizer": _tokenizer_record(t_tokenizer, built.model_cfg), "selection": selection.as_dict()}
     _write(Path(out), built.model_cfg, preprocess, state_dict, record)
     return record
+
+
+def _tokenizer_record(tokenizer, model_cfg: dict) -> dict:
+    # open_clip picks the tokenizer from the written model_cfg; this records which one the weights were cut for.
+    return {"class": type(tokenizer).__name__, "context_length": model_cfg["text_cfg"].get("context_length", 77),
+            "vocab_size": model_cfg["text_cfg"].get("vocab_size", 49408)}
+
+
+def _uses_quick_gelu(model) -> bool:
+    # OpenAI-trained weights use QuickGELU; a name without -quickgelu builds nn.GELU: a silent mismatch.
+    return isinstance(model.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
 
 
 def _same_vocabulary(teacher_tokenizer, student_tokenizer) -> bool:
