@@ -112,6 +112,23 @@ def test_custom_text_student_inherits_from_a_clip_teacher(teacher):
         assert torch.allclose(student.encode_image(images), teacher.encode_image(images), atol=1e-5, rtol=0)
 
 
+def test_layer_scale_is_sliced_with_the_residual_channels():
+    teacher = build_student(_variant(vision__ls_init_value=0.5, text__ls_init_value=0.5)).model
+    with torch.no_grad():
+        for name, parameter in teacher.named_parameters():
+            if name.endswith("gamma"):
+                parameter.uniform_(0.1, 1.0)  # distinct per channel, so a wrong slice shows
+    student = build_student(_variant(vision__ls_init_value=0.5, text__ls_init_value=0.5, vision__width=64,
+                                     text__width=64, text__heads=2, vision__layers=2, text__layers=2)).model
+    _, selection = inherit_weights(teacher, student)
+    source = _tensors(teacher)
+    for prefix, chosen in (("visual.transformer.resblocks.", selection.image), ("transformer.resblocks.", selection.text)):
+        for index, teacher_block in enumerate(chosen.layers):
+            for gamma in ("ls_1.gamma", "ls_2.gamma"):
+                assert torch.equal(student.state_dict()[f"{prefix}{index}.{gamma}"],
+                                   source[f"{prefix}{teacher_block}.{gamma}"][chosen.width])
+
+
 # ---- layers dropped, full width: each kept block is the teacher's block -------------------------------------
 
 @pytest.mark.parametrize("image_layers,text_layers,expected_image,expected_text", [
