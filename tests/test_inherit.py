@@ -343,3 +343,24 @@ def test_cli_with_synthetic_calibration_writes_a_loadable_student(capsys, teache
     images, tokens = _inputs()
     with torch.no_grad():
         assert torch.isfinite(model.encode_image(images)).all() and torch.isfinite(model.encode_text(tokens)).all()
+
+
+def test_calibration_from_a_csv_skips_unreadable_images(teacher, tmp_path):
+    from PIL import Image
+
+    from clipdistill.inherit.command import calibration_batch
+    from clipdistill.models.student import image_spec_of
+
+    rows = ["filepath\ttitle"]
+    for i, color in enumerate(["red", "green", "blue"]):
+        Image.new("RGB", (40, 40), color).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png\ta {color} square")
+    rows.append("missing.png\ta lost square")
+    (tmp_path / "pairs.tsv").write_text("\n".join(rows) + "\n")
+    tokenizer = open_clip.get_tokenizer(TEACHER)
+    batch = calibration_batch(str(tmp_path / "pairs.tsv"), 8, 0, image_spec_of(teacher), tokenizer)
+    assert batch.images.shape == (3, 3, 32, 32)
+    assert torch.equal(batch.tokens, tokenizer(["a red square", "a green square", "a blue square"]))
+    with pytest.raises(UserError, match="no readable sample"):
+        (tmp_path / "bad.tsv").write_text("filepath\ttitle\nmissing.png\ta lost square\n")
+        calibration_batch(str(tmp_path / "bad.tsv"), 8, 0, image_spec_of(teacher), tokenizer)

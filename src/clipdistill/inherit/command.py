@@ -56,18 +56,30 @@ def load_open_clip_teacher(spec: str, pretrained: str = ""):
 
 
 def calibration_batch(source: str, samples: int, seed: int, teacher_spec, tokenizer) -> Calibration:
-    """``samples`` pairs of ``synthetic`` data or of a CSV (``filepath``/``title`` columns, tab-separated),
-    preprocessed the teacher's way."""
+    """The first ``samples`` usable pairs of ``synthetic`` data or of a CSV (``filepath``/``title`` columns,
+    tab-separated), preprocessed the teacher's way; unreadable images are skipped, as the loaders do."""
+    from clipdistill.data.bad_samples import BadSample
     from clipdistill.data.csv_pairs import CsvPairs
     from clipdistill.data.synthetic import SyntheticPairs
     from clipdistill.data.transforms import eval_transform
 
     dataset = SyntheticPairs(samples, seed=seed) if source == "synthetic" else CsvPairs(source)
-    count = min(samples, len(dataset))
-    transform = eval_transform(teacher_spec)
-    items = [dataset[i] for i in range(count)]
-    images = torch.stack([transform(item["image"]) for item in items])
-    return Calibration(images=images, tokens=tokenizer([item["caption"] for item in items]))
+    transform, images, captions, skipped = eval_transform(teacher_spec), [], [], 0
+    for index in range(len(dataset)):
+        if len(images) == samples:
+            break
+        try:
+            item = dataset[index]
+        except BadSample:
+            skipped += 1
+            continue
+        images.append(transform(item["image"]))
+        captions.append(item["caption"])
+    if not images:
+        raise UserError(f"calibration data {source}: no readable sample ({skipped} skipped)")
+    if skipped:
+        log.warning("calibration: skipped %d unreadable sample(s) of %s", skipped, source)
+    return Calibration(images=torch.stack(images), tokens=tokenizer(captions))
 
 
 def inherit_to_dir(teacher: str, student: str, out: str | Path, *, pretrained: str = "", layers: str = "uniform",
