@@ -274,6 +274,10 @@ def test_unsupported_pairs_are_refused_with_one_line(capsys, tmp_path, teacher_f
     three = _variant(vision__layers=3)
     assert "keeps 2 of" in _cli_error(capsys, "--teacher", TEACHER, "--pretrained", teacher_file, "--student", three,
                                       "--image-layers", "every_other", "--out", out)
+    (tmp_path / "weightless").mkdir()
+    (tmp_path / "weightless" / "open_clip_config.json").write_text(json.dumps({"model_cfg": preset_config("tiny")}))
+    assert "no weights file" in _cli_error(capsys, "--teacher", f"local-dir:{tmp_path / 'weightless'}",
+                                           "--student", "tiny", "--out", out)
     assert not (tmp_path / "x").exists()
 
 

@@ -45,6 +45,9 @@ def load_open_clip_teacher(spec: str, pretrained: str = ""):
         path = Path(spec[len(LOCAL_DIR):])
         if not (path / CONFIG_FILE).is_file():
             raise UserError(f"teacher {spec}: no {CONFIG_FILE} in {path}")
+        if not any(next(path.glob(pattern), None) for pattern in ("*.safetensors", "*.bin", "*.pth")):
+            # open_clip would only warn and build random weights: a teacher of noise.
+            raise UserError(f"teacher {spec}: no weights file (.safetensors, .bin, .pth) in {path}")
         if pretrained:
             raise UserError("--pretrained does not apply to a local-dir: teacher (its weights are in the folder)")
         check_config(open_clip.get_model_config(spec), f"teacher {spec}")
