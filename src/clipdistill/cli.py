@@ -21,6 +21,7 @@ COMMANDS = {
     "export": ("clipdistill.export", "export a run's student as an open_clip model (safetensors)"),
     "inspect": ("clipdistill.inspect_model", "print what a model spec resolves to (preprocessing, context, bias...)"),
     "config": ("clipdistill.config_schema", "print every config key with its default and meaning"),
+    "inherit": ("clipdistill.inherit.command", "initialise a student from a slice of its teacher's weights (TinyCLIP)"),
 }
 
 USAGE = "usage: clipdistill <command> [options]\n\ncommands:\n" + "\n".join(
