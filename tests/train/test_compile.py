@@ -76,6 +76,19 @@ def test_a_compiler_failure_falls_back_to_eager_with_one_warning(tmp_path, monke
     assert_same_training(tmp_path / "fallback", tmp_path / "eager")
 
 
+def test_a_compiled_result_without_gradient_falls_back(caplog):
+    def detached(x):
+        return (x * 2).detach()
+
+    wrapped = compiling.CompiledOrEager(detached, "the objective")
+    wrapped.compiled = detached  # as inductor's output was for a CLIP-only objective
+    wrapped.eager = lambda x: x * 2
+    x = torch.ones(3, requires_grad=True)
+    with caplog.at_level(logging.WARNING, logger="clipdistill.train"):
+        assert wrapped(x).requires_grad
+    assert wrapped.failed and any("no gradient" in m for m in caplog.messages)
+
+
 def test_unknown_mode_is_one_line(tmp_path):
     from clipdistill.errors import UserError
 

@@ -40,6 +40,8 @@ class CompiledOrEager:
         started = time.perf_counter()
         try:
             out = self.compiled(*args, **kwargs)
+            if _lost_gradient(args, out):
+                raise RuntimeError("the compiled result has no gradient although its inputs do")
         except Exception as err:  # noqa: BLE001 - any compiler failure: fall back, the run must go on
             self.failed = True
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
@@ -48,6 +50,27 @@ class CompiledOrEager:
         self.calls = 1
         log.info("train.compile: %s compiled in %.1f s (first call)", self.name, time.perf_counter() - started)
         return out
+
+
+def _lost_gradient(args, out) -> bool:
+    """A compiled function whose tensor inputs need a gradient but whose result has none: seen with inductor on
+    a CLIP-only objective (torch 2.14, CPU), where backward then fails. Checked on the first call only."""
+    if not torch.is_grad_enabled():
+        return False
+    inputs = [t for a in args for t in _tensors(a)]
+    outputs = list(_tensors(out))
+    return any(t.requires_grad for t in inputs) and bool(outputs) and not any(t.requires_grad for t in outputs)
+
+
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+    elif hasattr(value, "image") and hasattr(value, "text"):  # Embeddings
+        yield value.image
+        yield value.text
 
 
 def compile_distiller(distiller, mode: str) -> None:
