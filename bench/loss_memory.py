@@ -21,7 +21,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from clipdistill import Embeddings
+from clipdistill import Embeddings, build
+from clipdistill import config as config_lib
 from clipdistill.losses.objective import build_objective
 
 RECIPE = {"clip": {"weight": 1.0}, "crd": {"weight": 1.0}, "fd": {"weight": 3.9}, "icl": {"weight": 1.0}}
@@ -40,7 +41,10 @@ def _worker(rank: int, world: int, init: str, batch: int, dim: int, local: bool,
                          torch.tensor(14.0))
     teacher = Embeddings(F.normalize(torch.randn(n, dim, generator=g), dim=-1),
                          F.normalize(torch.randn(n, dim, generator=g), dim=-1), torch.tensor(100.0), normalized=True)
-    objective = build_objective(RECIPE, student_dim=dim, teacher_dim=dim, local_loss=local)
+    # Through the config, as a training run builds it: train.local_loss decides, world size 2.
+    cfg = config_lib.from_dict({"losses": RECIPE, "train": {"local_loss": local}})
+    objective = build_objective(cfg.losses, student_dim=dim, teacher_dim=dim,
+                                local_loss=build.local_loss_from(cfg.train, world))
     dist.barrier()
     before = _peak_mib()
     total, _ = objective(student, teacher)

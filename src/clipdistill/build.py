@@ -60,3 +60,14 @@ def targets_from(teacher: config_lib.TeacherConfig, augmentation: Augmentation, 
 def objective_from(losses: dict, student: Student, targets, local_loss: bool) -> Objective:
     return build_objective(losses, student_dim=student.embed_dim,
                            teacher_dim=targets.dim if targets is not None else None, local_loss=local_loss)
+
+
+def local_loss_from(train: config_lib.TrainConfig, world_size: int) -> bool:
+    """``train.local_loss``: each rank computes its own rows against the global batch (memory linear in
+    the global batch); ``auto`` turns it on wherever there is more than one rank."""
+    value = train.local_loss
+    if value == "auto":
+        return world_size > 1
+    if isinstance(value, bool):
+        return value
+    raise UserError(f"train.local_loss must be true, false or auto, got {value!r}")

@@ -116,7 +116,8 @@ def build_parts(cfg: config_lib.Config, ctx) -> Parts:
     targets = build.targets_from(cfg.teacher, build.augmentation_from(cfg.data), ctx.device) \
         if needs_teacher(cfg.losses) else None
     student = build.student_from(cfg.student)
-    objective = build.objective_from(cfg.losses, student, targets, local_loss=_local_loss(cfg, ctx))
+    local_loss = build.local_loss_from(cfg.train, ctx.world_size)
+    objective = build.objective_from(cfg.losses, student, targets, local_loss=local_loss)
     if objective.student_patch_dropout:  # mfd: the student's image tower trains on a share of its patches
         student.drop_patches(objective.student_patch_dropout)
     distiller = Distiller(student.model, objective).to(ctx.device)
@@ -241,17 +242,6 @@ def _merged(states: list[dict]) -> dict:
     """One data state from every rank's: their shard readers are disjoint."""
     positions = {reader: at for state in states for reader, at in state.get("positions", {}).items()}
     return {"readers": states[0]["readers"], "positions": positions} if positions else {}
-
-
-def _local_loss(cfg: config_lib.Config, ctx) -> bool:
-    """``train.local_loss``: each rank computes its own rows against the global batch (memory linear in
-    the global batch); ``auto`` turns it on wherever there is more than one rank."""
-    value = cfg.train.local_loss
-    if value == "auto":
-        return ctx.world_size > 1
-    if isinstance(value, bool):
-        return value
-    raise UserError(f"train.local_loss must be true, false or auto, got {value!r}")
 
 
 def banner(cfg: config_lib.Config, out_dir: Path, ctx, parts: Parts, dataset, workers: int,
