@@ -51,10 +51,10 @@ def _yaml_value(value) -> str:
 
 def section_text(name: str, value) -> str:
     if not dataclasses.is_dataclass(value):  # losses: a free mapping of loss name -> weight and options
-        from clipdistill.losses import REGISTRY
+        from clipdistill.losses import names
 
-        return (f"{name}: {_yaml_value(value)}  # loss name -> {{weight: W, option: value}}; "
-                f"names: {', '.join(REGISTRY)}\n")
+        return (f"{name}: {_yaml_value(value)}  # loss name (or module:Class) -> {{weight: W, option: value}}; "
+                f"names: {', '.join(names())}\n")
     comments = field_comments(type(value))
     lines = [f"{name}:"]
     for field in dataclasses.fields(value):

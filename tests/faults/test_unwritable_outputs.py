@@ -61,7 +61,7 @@ def commands(inputs: Path, out: Path) -> dict[str, list[str]]:
 FIRST_WORK = {"eval": ["clipdistill.eval.command._datasets", "clipdistill.eval.command.load_model"],
               "report": ["clipdistill.eval.report.read_result"],
               "cache": ["clipdistill.cache.command.build_cache"],
-              "curate": ["clipdistill.curate.command.load_input"],
+              "curate": ["clipdistill.curate.command.open_rows"],
               "cluster": ["clipdistill.curate.cluster_command.from_files"],
               "export": ["clipdistill.export.export_run", "clipdistill.export.load_student"]}
 
