@@ -10,8 +10,8 @@ every configuration. Quick mode gives loading and compute a core each (1 worker,
 more busy threads than cores measures the scheduler, not the trainers.
 
 The estimator is built for a shared machine. Configurations run in *paired rounds*: each round runs every
-configuration back to back, the order rotated by one each round (so no configuration always follows the
-same one). A ratio (``cached_kd/plain``...) is computed inside each round, where both sides saw about the
+configuration back to back, the order rotated by one each round (so each configuration takes every place
+in a round in turn, first or last when the load changes). A ratio (``cached_kd/plain``...) is computed inside each round, where both sides saw about the
 same machine load, and judged on the median over rounds; ``ratio_intervals`` gives a distribution-free
 interval for that median (order statistics of the per-round ratios, the sign-test interval: the narrowest
 whose coverage is at least 90 %, its exact coverage reported; with fewer than 5 rounds no such interval
@@ -67,7 +67,7 @@ from clipdistill.train import loop as loop_module
 
 QUICK = {"student": "tiny", "teacher": "tiny-teacher", "batch": 64, "steps": 30, "warmup": 4, "workers": 1,
          "device": "cpu", "precision": "fp32", "image_px": 64, "repeats": 5}
-GPU = {"student": "ViT-B-16", "teacher": "ViT-L-14", "batch": 256, "steps": 40, "warmup": 10, "workers": 8,
+GPU = {"student": "ViT-B-16", "teacher": "ViT-L-14", "batch": 256, "steps": 40, "warmup": 8, "workers": 8,
        "device": "cuda", "precision": "bf16", "image_px": 128, "repeats": 2}
 KD_LOSSES = {"clip": {"weight": 1.0}, "fd": {"weight": 3.9}, "crd": {"weight": 1.0}, "icl": {"weight": 1.0}}
 NAMES = ("plain", "online_kd", "cached_kd", "open_clip_plain", "open_clip_distill")
@@ -275,7 +275,7 @@ def run_open_clip(s: dict, csv: Path, logs: Path, name: str, teacher_file: Path 
 # ----------------------------------------------------------------------------- the estimator
 
 def rotated(names: list[str], round_: int) -> list[str]:
-    """Round r runs the configurations starting at the r-th: each follows a different one every round."""
+    """Round r runs the configurations starting at the r-th: over len(names) rounds each takes every place once."""
     shift = round_ % len(names)
     return names[shift:] + names[:shift]
 
@@ -363,7 +363,7 @@ def configurations(s: dict, work: Path, csv: Path, teacher_file: Path, compile_m
     return runs
 
 
-def measure(s: dict, work: Path, compile_mode: str | None = None) -> dict:
+def measure(s: dict, work: Path, compile_mode: str | None = None, partial: Path | None = None) -> dict:
     # Enough samples for every configuration to run its steps inside one epoch (open_clip trains 1 epoch).
     csv = write_csv_dataset(work / "data", s["batch"] * s["steps"], s["image_px"])
     teacher_file = write_teacher_weights(s["teacher"], work / "teacher.pt")
@@ -377,6 +377,8 @@ def measure(s: dict, work: Path, compile_mode: str | None = None) -> dict:
             f = figures[name][-1]
             cpu = "" if f["cpu_ms"] is None else f", {f['cpu_ms']:.1f} CPU ms/step"
             print(f"round {round_ + 1}/{s['repeats']} {name:<24} {f['rate']:9.1f} samples/s{cpu}", flush=True)
+            if partial is not None:  # what a run stopped by a time limit had measured (bench/gpu_check.sh)
+                partial.write_text(json.dumps({"complete": False, "settings": s, "figures": figures}, indent=2))
     per_round = {name: [f["rate"] for f in values] for name, values in figures.items()}
     result = {name: statistics.median(values) for name, values in per_round.items()}
     # Other jobs on a shared machine only ever slow a run down, so each configuration's fastest round is
@@ -473,7 +475,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = Path(args.work or tempfile.mkdtemp(prefix="clipdistill-throughput-"))
     started, load_before = time.time(), os.getloadavg()
-    result = measure(settings, work, args.compile_mode if args.compile else None)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(f"{args.out}.partial")
+    result = measure(settings, work, args.compile_mode if args.compile else None, partial)
+    partial.unlink(missing_ok=True)
     ratio_rounds = paired_ratios(result["per_round"])
     result.update(ratios={name: statistics.median(values) for name, values in ratio_rounds.items()},
                   ratio_rounds=ratio_rounds,
