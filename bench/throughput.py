@@ -28,7 +28,8 @@ after warm-up, read by a hook on each trainer's per-step logging.
 ``--torchcompile``). Compile time does not count in samples/s (it falls in the warm-up steps);
 ``compile_seconds`` is how much longer a compiled run's warm-up steps took than its uncompiled twin's.
 Where the installed clipdistill does not know ``train.compile`` yet, our compiled rows are skipped with
-a note in the JSON (``skipped``) and the open_clip one still runs.
+a note in the JSON (``skipped``) and the open_clip one still runs. A configuration that raises is dropped
+from every round with its one-line error under ``failed``; the others carry on.
 
 Online KD = clip + fd + crd + icl (the CLIP-KD recipe); quick mode also runs it with our teacher alone in
 bf16 (``online_kd_bf16_teacher``). open_clip's distillation is its
@@ -319,7 +320,7 @@ def judge(ratio_rounds: dict[str, list[float]], targets: dict[str, float]) -> di
     out = {}
     for name, target in targets.items():
         if name not in ratio_rounds:
-            out[name] = {"target": target, "met": None, "why": "not measured (a side was skipped)"}
+            out[name] = {"target": target, "met": None, "why": "not measured (a side was skipped or failed)"}
             continue
         median = statistics.median(ratio_rounds[name])
         interval = median_interval(ratio_rounds[name])
@@ -376,14 +377,23 @@ def measure(s: dict, work: Path, compile_mode: str | None = None, partial: Path 
     skipped: dict[str, str] = {}
     runs = configurations(s, work, csv, teacher_file, compile_mode, skipped)
     figures = {name: [] for name in runs}
+    failed: dict[str, str] = {}
     for round_ in range(s["repeats"]):
         for name in rotated(list(runs), round_):
-            figures[name].append(runs[name]())
+            if name in failed:
+                continue
+            try:
+                figures[name].append(runs[name]())
+            except Exception as err:  # noqa: BLE001 -- one configuration's crash is a finding, not the end of the bench
+                failed[name] = f"round {round_ + 1}: {type(err).__name__}: {err}"
+                print(f"round {round_ + 1}/{s['repeats']} {name:<24} FAILED: {failed[name]}", flush=True)
+                continue
             f = figures[name][-1]
             cpu = "" if f["cpu_ms"] is None else f", {f['cpu_ms']:.1f} CPU ms/step"
             print(f"round {round_ + 1}/{s['repeats']} {name:<24} {f['rate']:9.1f} samples/s{cpu}", flush=True)
             if partial is not None:  # what a run stopped by a time limit had measured (bench/gpu_check.sh)
                 partial.write_text(json.dumps({"complete": False, "settings": s, "figures": figures}, indent=2))
+    figures = {name: values for name, values in figures.items() if name not in failed}  # rounds stay paired
     per_round = {name: [f["rate"] for f in values] for name, values in figures.items()}
     result = {name: statistics.median(values) for name, values in per_round.items()}
     # Other jobs on a shared machine only ever slow a run down, so each configuration's fastest round is
@@ -400,7 +410,7 @@ def measure(s: dict, work: Path, compile_mode: str | None = None, partial: Path 
         result["compile_reported_by_trainer"] = reported
     result.update(cache_bytes_per_sample=bytes_per_sample, cache_build_seconds=cache_seconds,
                   cache_samples=s["batch"] * s["steps"], per_round=per_round,
-                  order=[rotated(list(runs), r) for r in range(s["repeats"])], skipped=skipped)
+                  order=[rotated(list(runs), r) for r in range(s["repeats"])], skipped=skipped, failed=failed)
     return result
 
 
@@ -503,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot(result, Path(args.plot), f"{settings['student']} student, {settings['teacher']} teacher, batch "
                                       f"{settings['batch']}, {settings['device']}")
-    summary = ("cpu_ms_per_step", "compile_seconds", "cache_bytes_per_sample", "ratios", "targets", "skipped", "seconds")
+    summary = ("cpu_ms_per_step", "compile_seconds", "cache_bytes_per_sample", "ratios", "targets", "skipped", "failed",
+               "seconds")
     print(json.dumps({k: result[k] for k in (*NAMES, BF16_TEACHER, *COMPILED, *summary) if k in result}, indent=2))
     return 0
 

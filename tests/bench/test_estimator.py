@@ -149,3 +149,26 @@ def test_statistics_median_of_ratios_differs_from_ratio_of_medians():
     paired = statistics.median(throughput.paired_ratios(per_round)["cached_kd/plain"])
     assert paired == pytest.approx(1.0)
     assert throughput.ratios({k: statistics.median(v) for k, v in per_round.items()})["cached_kd/plain"] == 2.5
+
+
+def test_a_configuration_that_raises_is_dropped_from_every_round_and_reported(tmp_path, monkeypatch):
+    def fine(rate):
+        return lambda: {"rate": rate, "wall_ms": 1.0, "cpu_ms": 1.0, "warmup_excess_s": 0.0}
+
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("element 0 of tensors does not require grad")
+
+    monkeypatch.setattr(throughput, "write_csv_dataset", lambda *a: tmp_path / "d.tsv")
+    monkeypatch.setattr(throughput, "write_teacher_weights", lambda *a: tmp_path / "t.pt")
+    monkeypatch.setattr(throughput, "build_cache", lambda *a: (500.0, 1.0))
+    monkeypatch.setattr(throughput, "configurations", lambda *a: {"plain": fine(100.0), "cached_kd": fine(97.0),
+                                                                  "cached_kd_compiled": broken})
+    result = throughput.measure(dict(throughput.QUICK, repeats=3), tmp_path, "all", tmp_path / "p.json")
+    assert calls == [1] and "cached_kd_compiled" not in result and "cached_kd_compiled" not in result["per_round"]
+    assert result["failed"]["cached_kd_compiled"].startswith("round 1: RuntimeError: element 0")
+    assert result["per_round"]["cached_kd"] == [97.0, 97.0, 97.0]
+    assert throughput.judge(throughput.paired_ratios(result["per_round"]),
+                            throughput.TARGETS["cpu"])["cached_kd/plain"]["median"] == pytest.approx(0.97)

@@ -16,6 +16,7 @@ def _run(tmp_path, *args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # 6 training runs in subprocess: ~40 s on a quiet 2-core machine, minutes on a busy one
 def test_a_short_run_measures_every_configuration_and_its_ratios(tmp_path):
     done = _run(tmp_path, "--steps", "6", "--repeats", "1", "--workers", "0", "--threads", "1",
                 "--plot", str(tmp_path / "t.png"))
