@@ -205,8 +205,14 @@ def run_ours(cfg: config_lib.Config, out_dir: Path, warmup: int) -> dict:
     shutil.rmtree(out_dir, ignore_errors=True)
     torch._dynamo.reset()  # a fresh compile per run: dynamo's per-function recompile limit would fall back to eager
     clock = StepClock()
-    with clocked_steps(clock):
-        loop_module.run(cfg, out_dir)
+    library_log = logging.getLogger("clipdistill")
+    level = library_log.level
+    library_log.setLevel(logging.INFO)  # train.log gets the loop's INFO lines (its compile time) as under the CLI
+    try:
+        with clocked_steps(clock):
+            loop_module.run(cfg, out_dir)
+    finally:
+        library_log.setLevel(level)
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     seconds = [cfg.train.batch_size / r["samples_per_s"] for r in rows if "samples_per_s" in r]
     figures = timing(seconds, clock, cfg.train.batch_size, warmup)
