@@ -13,10 +13,16 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def _load(name):
+    """A bench script as a module. Its siblings (throughput, ablation...) import from bench/ while it loads;
+    bench/ leaves sys.path afterwards, or bench/curate.py would shadow the tests' own curate helpers."""
     sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        while str(BENCH) in sys.path:
+            sys.path.remove(str(BENCH))
     return module
 
 
