@@ -36,11 +36,11 @@ cd "$ROOT"
 if [ "$MODE" = gpu ]; then
   THROUGHPUT=(bench/throughput.py --gpu --compile --repeats 2 --steps 24 --out "$OUT/throughput.json"
               --plot "$OUT/throughput.png" --work "$OUT/work_throughput")
-  CACHE=(bench/cache_build.py --synthetic 4096 --image-px 256 --teacher ViT-L-14 --precision bf16 --device cuda
+  CACHE=(bench/cache_build.py --synthetic 2048 --image-px 128 --teacher ViT-L-14 --precision bf16 --device cuda
          --workers 8 --batch 256 --rounds 2 --prefetch 64 --out "$OUT/cache_build.json")
   DDP_SETTINGS=(student.model=ViT-B-16 teacher.model=ViT-L-14 teacher.precision=bf16 train.precision=bf16
                 train.batch_size=256 train.steps=30 data.num_samples=8192 data.workers=8 eval.num_images=256)
-  LIMITS=(110 270 40 60)
+  LIMITS=(110 250 60 60)
 else
   THROUGHPUT=(bench/throughput.py --quick --steps 6 --repeats 1 --workers 0 --threads 1 --out "$OUT/throughput.json"
               --work "$OUT/work_throughput")
