@@ -16,6 +16,7 @@ def _run(tmp_path, *args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # 6 training runs in subprocess: ~40 s on a quiet 2-core machine, minutes on a busy one
 def test_a_short_run_measures_every_configuration_and_its_ratios(tmp_path):
     done = _run(tmp_path, "--steps", "6", "--repeats", "1", "--workers", "0", "--threads", "1",
                 "--plot", str(tmp_path / "t.png"))
@@ -31,6 +32,14 @@ def test_a_short_run_measures_every_configuration_and_its_ratios(tmp_path):
     # plus views, index and keys; well under a kilobyte a sample.
     assert result["cache_samples"] == 384 and 384 < result["cache_bytes_per_sample"] < 1024
     assert result["machine"]["threads"] == 1 and (tmp_path / "t.png").stat().st_size > 0
+    # the paired estimator: per-round ratios, their median, its interval, CPU time per step, the targets
+    assert result["ratio_rounds"]["cached_kd/plain"] == [pytest.approx(result["ratios"]["cached_kd/plain"])]
+    assert result["ratio_intervals"]["cached_kd/plain"]["rounds"] == 1
+    for key in KEYS:
+        assert 0 < result["cpu_ms_per_step"][key] < 60_000 and result["wall_ms_per_step"][key] > 0
+    assert result["targets"]["cached_kd/plain"]["target"] == 0.97
+    assert result["targets"]["cached_kd_compiled/open_clip_plain_compiled"]["met"] is None  # not asked for
+    assert not (tmp_path / "t.json.partial").exists()
 
 
 @pytest.mark.parametrize("args", [["--repeats", "0"], ["--steps", "4"], ["--threads", "0"], ["--workers", "-1"]])
@@ -41,3 +50,19 @@ def test_settings_that_cannot_measure_are_refused(tmp_path, args, capsys):
     with pytest.raises(SystemExit) as exit_:
         throughput.main(["--out", str(tmp_path / "t.json"), *args])
     assert exit_.value.code == 2 and "error: --" in capsys.readouterr().err and not (tmp_path / "t.json").exists()
+
+
+@pytest.mark.slow
+def test_compiled_rows_run_or_are_skipped_with_a_note(tmp_path):
+    """--compile: open_clip_train --torchcompile always; ours through train.compile where it exists (minutes)."""
+    done = _run(tmp_path, "--steps", "6", "--repeats", "1", "--workers", "0", "--threads", "1", "--compile")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert result["open_clip_plain_compiled"] > 0 and result["compile_seconds"]["open_clip_plain_compiled"] > 0
+    ours = ("plain_compiled", "cached_kd_compiled")
+    if result["skipped"]:
+        assert set(result["skipped"]) == set(ours) and "train.compile" in result["skipped"]["plain_compiled"]
+        assert result["targets"]["cached_kd_compiled/open_clip_plain_compiled"]["met"] is None
+    else:
+        assert all(result[name] > 0 for name in ours)
+        assert result["targets"]["cached_kd_compiled/open_clip_plain_compiled"]["median"] > 0
