@@ -32,7 +32,8 @@ def test_the_user_decides(four_cores, monkeypatch):
 
 
 def test_auto_workers_fit_the_machine(monkeypatch):
-    for cores, expected in ((1, 1), (2, 1), (4, 2), (16, 8), (64, 8)):
+    for cores, cpu, gpu in ((1, 0, 1), (2, 0, 1), (4, 1, 3), (16, 4, 8), (64, 8, 8)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
-        assert threads.dataloader_workers("auto") == expected, cores
+        assert threads.dataloader_workers("auto") == cpu, cores
+        assert threads.dataloader_workers("auto", gpu=True) == gpu, cores
     assert threads.dataloader_workers(3) == 3

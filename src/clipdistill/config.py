@@ -69,7 +69,7 @@ class DataConfig:
     image_key: str = "filepath"
     caption_key: str = "title"
     separator: str = "auto"  # auto (.tsv: tab, .csv: comma, else from the header line) | tab | comma | one character
-    workers: Union[int, str] = "auto"  # DataLoader workers; auto = half the cores this process may use (1..8)
+    workers: Union[int, str] = "auto"  # DataLoader workers; auto: a quarter of the cores on CPU, all but one with a GPU
     scale: list = field(default_factory=lambda: [0.9, 1.0])  # RandomResizedCrop scale range
     hflip: bool = False
     max_bad_fraction: float = 0.05  # abort when more than this fraction of samples is unreadable

@@ -25,12 +25,16 @@ def usable_cores(processes_per_node: int = 1) -> int:
     return max(1, cores // max(1, processes_per_node))
 
 
-def dataloader_workers(setting: int | str, processes_per_node: int = 1) -> int:
-    """``data.workers``: a number as given; ``auto``: half the process's cores (decoding and cropping are
-    the workers' job, the model's step the main process's), at least 1, at most 8."""
+def dataloader_workers(setting: int | str, processes_per_node: int = 1, gpu: bool = False) -> int:
+    """``data.workers``: a number as given; ``auto``: with a GPU, every core but one (the model runs on the
+    GPU, the cores decode and crop), at most 8; on a CPU, a quarter of the cores (the model's step needs
+    them: on 2 cores a worker costs the demo's teacher a third of its speed), so none below 4 cores."""
     if setting != "auto":
         return int(setting)
-    return max(1, min(MAX_AUTO_WORKERS, usable_cores(processes_per_node) // 2))
+    cores = usable_cores(processes_per_node)
+    if gpu:
+        return max(1, min(MAX_AUTO_WORKERS, cores - 1))
+    return min(MAX_AUTO_WORKERS, cores // 4)
 
 
 def configure_threads(requested: int, workers: int, processes_per_node: int = 1) -> tuple[int, str]:

@@ -37,7 +37,7 @@ def build_cache(cfg: config_lib.Config, out_dir: str) -> dict | None:
                         f"set teacher.source to openclip, checkpoint or hf")
     ctx = distributed.setup()
     per_node = distributed.local_world_size()
-    workers = dataloader_workers(cfg.data.workers, per_node)
+    workers = dataloader_workers(cfg.data.workers, per_node, gpu=ctx.device.type == "cuda")
     threads, why = configure_threads(cfg.train.threads, workers, per_node)
     log.info("teacher %s %s on %s: %d threads (%s), %d DataLoader workers", cfg.teacher.source, cfg.teacher.model,
              ctx.device, threads, why, workers)

@@ -107,7 +107,7 @@ def open_run_directory(out_dir: Path, cfg: config_lib.Config, ctx, overwrite: bo
 
 def choose_workers_and_threads(cfg: config_lib.Config, ctx) -> tuple[int, tuple[int, str]]:
     per_node = max(1, distributed.local_world_size())
-    workers = dataloader_workers(cfg.data.workers, per_node)
+    workers = dataloader_workers(cfg.data.workers, per_node, gpu=ctx.device.type == "cuda")
     return workers, configure_threads(cfg.train.threads, workers, per_node)
 
 
