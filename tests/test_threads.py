@@ -16,19 +16,19 @@ def four_cores(monkeypatch):
     torch.set_num_threads(before)
 
 
-def test_cores_less_workers(four_cores):
-    assert threads.configure_threads(0, workers=1) == (3, "4 cores less 1 DataLoader workers")
+def test_cores_less_what_auto_workers_take(four_cores):
+    assert threads.configure_threads(0) == (3, "4 cores less 1 for DataLoader workers")
     assert torch.get_num_threads() == 3
-    assert threads.configure_threads(0, workers=6)[0] == 1  # never below one
-    assert threads.configure_threads(0, workers=0, processes_per_node=2)[0] == 2  # torchrun ranks share the node
+    assert threads.configure_threads(0, gpu=True)[0] == 1  # next to a GPU the cores decode; never below one
+    assert threads.configure_threads(0, processes_per_node=2)[0] == 2  # torchrun ranks share the node
 
 
 def test_the_user_decides(four_cores, monkeypatch):
-    assert threads.configure_threads(2, workers=1) == (2, "as set")
+    assert threads.configure_threads(2) == (2, "as set")
     assert torch.get_num_threads() == 2
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
-    assert threads.configure_threads(0, workers=1) == (1, "from OMP_NUM_THREADS")
+    assert threads.configure_threads(0) == (1, "from OMP_NUM_THREADS")
 
 
 def test_auto_workers_fit_the_machine(monkeypatch):

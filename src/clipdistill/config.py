@@ -100,7 +100,7 @@ class TrainConfig:
     resume: str = ""  # "" | latest | path to a checkpoint
     skip_nonfinite: int = 0  # skip (don't apply, count, log) up to N steps whose loss is NaN/inf; then stop
     progress: bool = True
-    # intra-op CPU threads; 0 = OMP_NUM_THREADS if set, else the usable cores less the DataLoader workers
+    # intra-op CPU threads; 0 = OMP_NUM_THREADS if set, else the usable cores less those data.workers=auto takes
     threads: int = 0
     # local rows x global columns in every contrastive term (logit memory linear in the global batch):
     # true | false | auto (on when there is more than one rank)

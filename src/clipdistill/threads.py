@@ -3,8 +3,10 @@
 torch starts one intra-op thread per core whatever else runs. Next to DataLoader workers (each a
 busy process) or other jobs on a shared machine, OpenMP threads then wait on each other: a 10-step
 run on a 2-core machine with other work went from 171 to 6.3 samples/s. So every command that
-computes (train, cache, eval) sizes its threads to the cores this process may use, less the workers
-it starts, unless the user decided: ``OMP_NUM_THREADS`` in the environment or an explicit setting.
+computes (train, cache, eval) splits the cores this process may use between its threads and the
+workers ``data.workers: auto`` would start, unless the user decided: ``OMP_NUM_THREADS`` in the
+environment or an explicit setting. The split depends on the machine only, not on the workers a run
+asks for, so that a run's result does not depend on ``data.workers``.
 """
 from __future__ import annotations
 
@@ -37,17 +39,20 @@ def dataloader_workers(setting: int | str, processes_per_node: int = 1, gpu: boo
     return min(MAX_AUTO_WORKERS, cores // 4)
 
 
-def configure_threads(requested: int, workers: int, processes_per_node: int = 1) -> tuple[int, str]:
+def configure_threads(requested: int, processes_per_node: int = 1, gpu: bool = False) -> tuple[int, str]:
     """Set torch's intra-op threads; returns ``(threads, why)`` for the start banner.
 
     ``requested`` > 0 wins; else ``OMP_NUM_THREADS``, if set, is left to torch; else the usable cores
-    less ``workers``, at least 1.
+    less what ``data.workers: auto`` would give the workers, at least 1. A function of the machine only,
+    never of the workers a run asks for: the thread count changes floating-point sums, and a run's
+    result must not depend on ``data.workers``.
     """
     if requested > 0:
         torch.set_num_threads(requested)
         return requested, "as set"
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads(), "from OMP_NUM_THREADS"
-    threads = max(1, usable_cores(processes_per_node) - workers)
+    cores, reserved = usable_cores(processes_per_node), dataloader_workers("auto", processes_per_node, gpu)
+    threads = max(1, cores - reserved)
     torch.set_num_threads(threads)
-    return threads, f"{usable_cores(processes_per_node)} cores less {workers} DataLoader workers"
+    return threads, f"{cores} cores less {reserved} for DataLoader workers"

@@ -38,7 +38,7 @@ def build_cache(cfg: config_lib.Config, out_dir: str) -> dict | None:
     ctx = distributed.setup()
     per_node = distributed.local_world_size()
     workers = dataloader_workers(cfg.data.workers, per_node, gpu=ctx.device.type == "cuda")
-    threads, why = configure_threads(cfg.train.threads, workers, per_node)
+    threads, why = configure_threads(cfg.train.threads, per_node, gpu=ctx.device.type == "cuda")
     log.info("teacher %s %s on %s: %d threads (%s), %d DataLoader workers", cfg.teacher.source, cfg.teacher.model,
              ctx.device, threads, why, workers)
     # Random-weight teachers (pretrained "") are seeded like a training run, so a cache of one is reproducible.

@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.feature_cache:
         ensure_writable_dir(args.feature_cache, what="feature cache")
     datasets = _datasets(args)  # before loading weights: a wrong path fails fast
-    threads, why = configure_threads(0, workers=args.workers)  # sized to this process's cores unless OMP_NUM_THREADS says
+    # Sized to the machine's cores unless OMP_NUM_THREADS says otherwise.
+    threads, why = configure_threads(0, gpu=str(args.device).startswith("cuda"))
     logging.getLogger("clipdistill.eval").info("evaluating with %d CPU threads (%s)", threads, why)
     model = load_model(args.model, device=args.device)
     metrics = run_task(args, model, datasets)

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,33 +60,37 @@ def run(cfg: config_lib.Config, out_dir: str | Path, overwrite: bool = False) ->
     out_dir = Path(out_dir)
     ctx = distributed.setup()
     open_run_directory(out_dir, cfg, ctx, overwrite)
-    workers, threads = choose_workers_and_threads(cfg, ctx)
-    torch.manual_seed(cfg.train.seed)  # every rank builds the same initial student and heads
-    parts = build_parts(cfg, ctx)
-    restored = checkpoint.restore_run(cfg.train.resume, out_dir / "checkpoints", parts.distiller, parts.optimizer)
-    start_step = restored.step if restored else 0
-    if restored:
-        log.info("resumed from %s at step %d", restored.path, start_step)
-    tally = BadDataTally.from_state(restored.bad_data, cfg.data.max_bad_fraction, device=ctx.device) if restored \
-        else BadDataTally(cfg.data.max_bad_fraction, device=ctx.device)
-    nonfinite = NonFiniteSkips(cfg.train.skip_nonfinite, skipped=restored.skipped_nonfinite if restored else 0)
-    dataset = build.dataset_from(cfg.data)
-    if hasattr(dataset, "bad"):  # rows a CSV dropped while being read: counted, judged against its size
-        tally.add_listed(dataset.bad, usable=len(dataset))
-    batches = build_batches(cfg, dataset, parts, ctx, workers, start_step, restored.data if restored else None)
-    evaluator = build_evaluator(cfg, parts)
-    if ctx.is_main:
-        log.info("%s", banner(cfg, out_dir, ctx, parts, dataset, workers, threads, evaluator))
-    metrics_log = MetricsLog(out_dir, enabled=ctx.is_main, resumed_at=start_step if cfg.train.resume else None)
-    started = time.time()
-    train(cfg, ctx, parts, batches, tally, nonfinite, evaluator, metrics_log, out_dir, start_step)
-    final = evaluate(evaluator, parts.student, ctx, metrics_log, cfg.train.steps)
-    results = {"metrics": final, "bad_samples": tally.summary(), "skipped_nonfinite_steps": nonfinite.skipped,
-               "params": sum(p.numel() for p in parts.student.model.parameters()),
-               "seconds": time.time() - started, "steps": cfg.train.steps}
-    finish(results, tally, ctx, out_dir)
-    metrics_log.close()
-    distributed.barrier()
+    with train_log(out_dir / "train.log", enabled=ctx.is_main):
+        workers, threads = choose_workers_and_threads(cfg, ctx)
+        torch.manual_seed(cfg.train.seed)  # every rank builds the same initial student and heads
+        parts = build_parts(cfg, ctx)
+        restored = checkpoint.restore_run(cfg.train.resume, out_dir / "checkpoints", parts.distiller,
+                                          parts.optimizer)
+        start_step = restored.step if restored else 0
+        if restored:
+            log.info("resumed from %s at step %d", restored.path, start_step)
+        tally = BadDataTally.from_state(restored.bad_data if restored else {"counts": {}, "good": 0},
+                                        cfg.data.max_bad_fraction, device=ctx.device)
+        nonfinite = NonFiniteSkips(cfg.train.skip_nonfinite, skipped=restored.skipped_nonfinite if restored else 0)
+        dataset = build.dataset_from(cfg.data)
+        if hasattr(dataset, "bad"):  # rows a CSV dropped while being read: counted, judged against its size
+            tally.add_listed(dataset.bad, usable=len(dataset))
+        batches = build_batches(cfg, dataset, parts, ctx, workers, start_step,
+                                restored.data if restored else None)
+        evaluator = build_evaluator(cfg, parts)
+        if ctx.is_main:
+            log.info("%s", banner(cfg, out_dir, ctx, parts, dataset, workers, threads, evaluator))
+        metrics_log = MetricsLog(out_dir, enabled=ctx.is_main,
+                                 resumed_at=start_step if cfg.train.resume else None)
+        started = time.time()
+        train(cfg, ctx, parts, batches, tally, nonfinite, evaluator, metrics_log, out_dir, start_step)
+        final = evaluate(evaluator, parts.student, ctx, metrics_log, cfg.train.steps)
+        results = {"metrics": final, "bad_samples": tally.summary(), "skipped_nonfinite_steps": nonfinite.skipped,
+                   "params": sum(p.numel() for p in parts.student.model.parameters()),
+                   "seconds": time.time() - started, "steps": cfg.train.steps}
+        finish(results, tally, ctx, out_dir)
+        metrics_log.close()
+        distributed.barrier()
     return results
 
 
@@ -93,14 +98,13 @@ def run(cfg: config_lib.Config, out_dir: str | Path, overwrite: bool = False) ->
 
 def open_run_directory(out_dir: Path, cfg: config_lib.Config, ctx, overwrite: bool) -> None:
     """Refuse a directory that holds another run (every rank checks, so all stop together); the main rank
-    clears it (``--overwrite``), writes the resolved config and starts ``train.log``."""
+    clears it (``--overwrite``) and writes the resolved config."""
     run_dir.refuse_reuse(out_dir, resuming=bool(cfg.train.resume), overwrite=overwrite)
     distributed.barrier()  # every rank has looked before the main rank changes anything
     if ctx.is_main:
         if overwrite:
             run_dir.clear_run(out_dir)
         run_dir.create(out_dir, lambda path: config_lib.dump(cfg, path))
-        _log_to_file(out_dir / "train.log")
     else:
         _quiet_rank()
 
@@ -108,7 +112,7 @@ def open_run_directory(out_dir: Path, cfg: config_lib.Config, ctx, overwrite: bo
 def choose_workers_and_threads(cfg: config_lib.Config, ctx) -> tuple[int, tuple[int, str]]:
     per_node = max(1, distributed.local_world_size())
     workers = dataloader_workers(cfg.data.workers, per_node, gpu=ctx.device.type == "cuda")
-    return workers, configure_threads(cfg.train.threads, workers, per_node)
+    return workers, configure_threads(cfg.train.threads, per_node, gpu=ctx.device.type == "cuda")
 
 
 def build_parts(cfg: config_lib.Config, ctx) -> Parts:
@@ -270,10 +274,25 @@ def banner(cfg: config_lib.Config, out_dir: Path, ctx, parts: Parts, dataset, wo
     ])
 
 
-def _log_to_file(path: Path) -> None:
+@contextmanager
+def train_log(path: Path, enabled: bool):
+    """The run's own log file (main rank): clipdistill's messages from INFO up, for this run only."""
+    if not enabled:
+        yield
+        return
+    logger = logging.getLogger("clipdistill")
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
-    logging.getLogger("clipdistill").addHandler(handler)
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
 
 
 def _quiet_rank() -> None:
