@@ -1,33 +1,18 @@
 """The paired-rounds estimator of bench/throughput.py: rotation, per-round ratios, the median's interval,
 the per-step clocks, and the compiled rows skipped with a note where train.compile is unknown."""
-import importlib.util
 import logging
 import math
 import random
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from bench_scripts import load_bench_script
 
 
-def _load(name):
-    """A bench script as a module. Its siblings (throughput, ablation...) import from bench/ while it loads;
-    bench/ leaves sys.path afterwards, or bench/curate.py would shadow the tests' own curate helpers."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        while str(BENCH) in sys.path:
-            sys.path.remove(str(BENCH))
-    return module
 
 
-throughput = _load("throughput")
+throughput = load_bench_script("throughput")
 
 
 def test_rotation_puts_every_configuration_in_every_position_once():

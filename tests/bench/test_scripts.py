@@ -1,35 +1,20 @@
 """bench/cache_build.py, bench/eval_speed.py and bench/gpu_check.sh: small runs whose figures must add up,
 and the GPU script's syntax, plan and refusals (the whole --cpu-smoke run takes minutes: see
 docs/performance.md for the command)."""
-import importlib.util
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from bench_scripts import BENCH, load_bench_script
 
 
-def _load(name):
-    """A bench script as a module. Its siblings (throughput, ablation...) import from bench/ while it loads;
-    bench/ leaves sys.path afterwards, or bench/curate.py would shadow the tests' own curate helpers."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        while str(BENCH) in sys.path:
-            sys.path.remove(str(BENCH))
-    return module
 
 
 @pytest.mark.parametrize("name", ["throughput", "cache_build", "eval_speed"])
 def test_each_python_piece_of_the_gpu_script_answers_help(name, capsys):
     with pytest.raises(SystemExit) as exit_:
-        _load(name).main(["--help"])
+        load_bench_script(name).main(["--help"])
     assert exit_.value.code == 0 and "usage:" in capsys.readouterr().out
 
 
@@ -53,7 +38,7 @@ def test_gpu_check_is_valid_bash_and_plans_every_part(tmp_path):
 
 
 def test_cache_build_measures_the_writer_against_the_teachers_forward(tmp_path, capsys):
-    cache_build = _load("cache_build")
+    cache_build = load_bench_script("cache_build")
     out = tmp_path / "cb.json"
     assert cache_build.main(["--synthetic", "24", "--image-px", "32", "--teacher", "tiny-teacher", "--workers", "0",
                              "--batch", "8", "--rounds", "1", "--threads", "1", "--out", str(out)]) == 0
@@ -73,13 +58,13 @@ def test_cache_build_measures_the_writer_against_the_teachers_forward(tmp_path, 
 
 def test_cache_build_refuses_prefetch_without_workers(capsys):
     with pytest.raises(SystemExit) as exit_:
-        _load("cache_build").main(["--synthetic", "8", "--workers", "0", "--prefetch", "4"])
+        load_bench_script("cache_build").main(["--synthetic", "8", "--workers", "0", "--prefetch", "4"])
     assert exit_.value.code == 2 and "--prefetch needs --workers" in capsys.readouterr().err
 
 
 def test_eval_speed_times_both_on_the_same_data_and_they_agree(tmp_path):
     pytest.importorskip("clip_benchmark")
-    eval_speed = _load("eval_speed")
+    eval_speed = load_bench_script("eval_speed")
     out = tmp_path / "es.json"
     assert eval_speed.main(["--images", "12", "--rounds", "1", "--batch", "16", "--threads", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())

@@ -51,20 +51,26 @@ class GDLoss(nn.Module):
     """
 
     needs_teacher = True
+    detach_student_scale = True  # the task loss owns the student's temperature
 
     def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None,
                  always_project: bool = False):
         super().__init__()
         self.project = TeacherSpaceProjection(student_dim, teacher_dim, always_project)
 
+    @staticmethod
+    def distance(g_s: torch.Tensor, g_t: torch.Tensor) -> torch.Tensor:
+        """Per sample: 1 − cos between the student's and the teacher's gradient."""
+        return 1 - F.cosine_similarity(g_s, g_t, dim=1, eps=1e-12)
+
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
         image, text = self.project(student, teacher)
-        student_scale = student.logit_scale.detach()
+        student_scale = student.logit_scale.detach() if self.detach_student_scale else student.logit_scale
         total = image.new_zeros(())
         for (s_p, s_k), (t_p, t_k) in (((image, text), (teacher.image, teacher.text)),
                                        ((text, image), (teacher.text, teacher.image))):
             student_grads = infonce_gradients(s_p, s_k, student_scale)
             teacher_grads = infonce_gradients(t_p, t_k, teacher.logit_scale)
             for g_s, g_t in zip(student_grads, teacher_grads):
-                total = total + (1 - F.cosine_similarity(g_s, g_t.detach(), dim=1, eps=1e-12)).mean()
+                total = total + self.distance(g_s, g_t.detach()).mean()
         return total / 4

@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from clipdistill.embeddings import Embeddings
-from clipdistill.losses.gd import infonce_gradients
-from clipdistill.losses.heads import TeacherSpaceProjection
+from clipdistill.losses.gd import GDLoss
 from clipdistill.losses.registry import register
 
 
 @register("gd_raw")
-class GDRawLoss(nn.Module):
+class GDRawLoss(GDLoss):
     """Match the student's InfoNCE gradients to the teacher's by squared error, both directions.
 
     For (P, K) = (ŝ_v, ŝ_t) [image anchors] and (ŝ_t, ŝ_v) [text anchors], with the teacher's
@@ -29,20 +26,9 @@ class GDRawLoss(nn.Module):
         student_dim, teacher_dim, always_project: projection heads, as in ``fd``.
     """
 
-    needs_teacher = True
+    detach_student_scale = False  # as first tabled: the student's temperature is trained through it too
 
-    def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None,
-                 always_project: bool = False):
-        super().__init__()
-        self.project = TeacherSpaceProjection(student_dim, teacher_dim, always_project)
-
-    def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
-        image, text = self.project(student, teacher)
-        total = image.new_zeros(())
-        for (s_p, s_k), (t_p, t_k) in (((image, text), (teacher.image, teacher.text)),
-                                       ((text, image), (teacher.text, teacher.image))):
-            student_grads = infonce_gradients(s_p, s_k, student.logit_scale)
-            teacher_grads = infonce_gradients(t_p, t_k, teacher.logit_scale)
-            for g_s, g_t in zip(student_grads, teacher_grads):
-                total = total + (g_s - g_t.detach()).pow(2).sum(dim=1).mean()
-        return total / 4
+    @staticmethod
+    def distance(g_s: torch.Tensor, g_t: torch.Tensor) -> torch.Tensor:
+        """Per sample: ‖g_s − g_t‖²."""
+        return (g_s - g_t).pow(2).sum(dim=1)
