@@ -27,6 +27,21 @@ def is_cache(path: str | Path) -> bool:
     return Path(path).is_dir()
 
 
+def _mapped_npy(path: Path) -> np.ndarray:
+    """``path`` checked to be a non-empty (N, D) float ``.npy`` file, memory-mapped (nothing read yet)."""
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not a .npy file (a teacher cache is read as a cache)")
+    if not path.is_file():
+        raise UserError(f"embeddings file not found: {path}")
+    try:
+        mapped = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as err:
+        raise UserError(f"{path}: not a readable .npy array ({err})") from None
+    if mapped.ndim != 2 or not np.issubdtype(mapped.dtype, np.floating) or len(mapped) == 0:
+        raise UserError(f"{path}: expected a non-empty (N, D) float array, got {mapped.dtype} {mapped.shape}")
+    return mapped
+
+
 def load_unit_embeddings(path: str | Path, *, progress: bool = False) -> np.ndarray:
     """``(N, D)`` float32 rows of a ``.npy`` file, scaled to unit length.
 
@@ -34,16 +49,7 @@ def load_unit_embeddings(path: str | Path, *, progress: bool = False) -> np.ndar
     dtypes are memory-mapped and converted block by block into one float32 array.
     """
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a directory, not a .npy file (read a teacher cache with read_cache)")
-    if not path.is_file():
-        raise UserError(f"embeddings file not found: {path}")
-    try:
-        raw = np.load(path, mmap_mode="r")
-    except (ValueError, OSError) as err:
-        raise UserError(f"{path}: not a readable .npy array ({err})") from None
-    if raw.ndim != 2 or not np.issubdtype(raw.dtype, np.floating) or len(raw) == 0:
-        raise UserError(f"{path}: expected a non-empty (N, D) float array, got {raw.dtype} {raw.shape}")
+    raw = _mapped_npy(path)
     if raw.dtype == np.float32:
         return _normalize_rows(np.load(path), path, progress)
     return _normalize_rows(np.empty(raw.shape, dtype=np.float32), path, progress, source=raw)
@@ -167,16 +173,7 @@ class NpyRows(RowSource):
 
     def __init__(self, path: str | Path):
         path = Path(path)
-        if path.is_dir():
-            raise UserError(f"{path} is a directory, not a .npy file")
-        if not path.is_file():
-            raise UserError(f"embeddings file not found: {path}")
-        try:
-            mapped = np.load(path, mmap_mode="r")
-        except (ValueError, OSError) as err:
-            raise UserError(f"{path}: not a readable .npy array ({err})") from None
-        if mapped.ndim != 2 or not np.issubdtype(mapped.dtype, np.floating) or len(mapped) == 0:
-            raise UserError(f"{path}: expected a non-empty (N, D) float array, got {mapped.dtype} {mapped.shape}")
+        mapped = _mapped_npy(path)
         if not mapped.flags.c_contiguous:
             raise UserError(f"{path}: a Fortran-ordered array; save it C-ordered (np.ascontiguousarray)")
         self.path, self.dtype, self.offset = path, mapped.dtype, mapped.offset
