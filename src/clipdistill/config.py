@@ -68,7 +68,7 @@ class DataConfig:
     seed: int = 0  # data generation seed (synthetic)
     image_key: str = "filepath"
     caption_key: str = "title"
-    separator: str = "auto"  # auto (.tsv: tab, .csv: comma, else from the header line) | tab | comma | one character
+    separator: str = "auto"  # auto (the header's tabs or commas, else .tsv: tab, .csv/other: comma) | tab | comma | one character
     workers: Union[int, str] = "auto"  # DataLoader workers; auto: a quarter of the cores on CPU, all but one with a GPU
     scale: list = field(default_factory=lambda: [0.9, 1.0])  # RandomResizedCrop scale range
     hflip: bool = False

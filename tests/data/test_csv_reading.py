@@ -73,7 +73,8 @@ def test_well_formed_quoting_reads_as_the_csv_module_does(tmp_path):
 @pytest.mark.parametrize("name, header_sep, given, expected", [
     ("p.tsv", "\t", "auto", "\t"), ("p.csv", ",", "auto", ","), ("p.CSV", ",", "", ","),
     ("p.txt", "\t", "auto", "\t"), ("p.txt", ",", "auto", ","), ("p.csv", "\t", "tab", "\t"),
-    ("p.tsv", ",", "comma", ","), ("p.dat", ";", ";", ";"), ("p.csv", "\t", "\\t", "\t")])
+    ("p.tsv", ",", "comma", ","), ("p.dat", ";", ";", ";"), ("p.csv", "\t", "\\t", "\t"),
+    ("p.csv", "\t", "auto", "\t"), ("p.tsv", ",", "auto", ",")])  # open_clip's tab-separated .csv
 def test_one_separator_rule(tmp_path, name, header_sep, given, expected):
     path = listing(tmp_path, ["a.jpg" + header_sep + "x"], name=name, sep=header_sep)
     assert choose_separator(path, given, path.read_text().splitlines()[0])[0] == expected
@@ -82,14 +83,14 @@ def test_one_separator_rule(tmp_path, name, header_sep, given, expected):
 
 
 def test_wrong_columns_name_the_separator_used_and_how_to_change_it(tmp_path):
-    path = listing(tmp_path, ["a.jpg,x"], name="pairs.tsv", sep=",")  # a comma file named .tsv
+    path = listing(tmp_path, ["a.jpg;x"], name="pairs.tsv", sep=";")  # a semicolon file named .tsv
     with pytest.raises(UserError) as err:
         CsvPairs(path)
     message = str(err.value)
-    assert "no column 'filepath' (columns: filepath,title;" in message
+    assert "no column 'filepath' (columns: filepath;title;" in message
     assert "separator: tab, from the .tsv extension" in message and "data.separator" in message
     assert "\n" not in message
-    assert CsvPairs(path, separator="comma").captions == ["x"]
+    assert CsvPairs(path, separator=";").captions == ["x"]
 
 
 def test_a_spreadsheet_byte_order_mark_is_not_part_of_the_first_column(tmp_path):

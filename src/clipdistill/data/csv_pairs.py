@@ -18,7 +18,8 @@ _MAX_ROW_WARNINGS = 20
 _REPLACEMENT = "\ufffd"  # what errors="replace" puts for bytes that are not UTF-8
 
 
-# One rule for training, the cache and `eval csv:`: the extension decides, else the header line does.
+# One rule for training, the cache and `eval csv:`: a header line with tabs or commas but not both
+# decides (open_clip's own .csv files are tab-separated), else the extension, else comma.
 _BY_SUFFIX = {".tsv": "\t", ".csv": ","}
 _NAMES = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}
 SEPARATOR_CHOICES = "auto, tab, comma or a single character"
@@ -31,14 +32,17 @@ def separator_name(delimiter: str) -> str:
 def choose_separator(path: Path, separator: str = "auto", header: str = "") -> tuple[str, str]:
     """(delimiter, how it was chosen) for ``path``.
 
-    ``auto`` (or empty): ``.tsv`` -> tab, ``.csv`` -> comma, any other name -> tab if the header line
-    has one, else comma. Anything else is the separator itself: ``tab``/``comma``, or one character
-    (``\\t`` typed on a command line counts as a tab).
+    ``auto`` (or empty): a header line holding tabs but no comma -> tab, commas but no tab -> comma;
+    otherwise ``.tsv`` -> tab, ``.csv`` -> comma, any other name -> comma. Anything else is the
+    separator itself: ``tab``/``comma``, or one character (``\\t`` typed on a command line counts as a tab).
     """
     if separator in ("auto", ""):
+        found = [d for d in ("\t", ",") if d in header]
+        if len(found) == 1:
+            return found[0], "read from the header line"
         if path.suffix.lower() in _BY_SUFFIX:
             return _BY_SUFFIX[path.suffix.lower()], f"from the {path.suffix} extension"
-        return ("\t" if "\t" in header else ","), "read from the header line"
+        return ",", "the default"
     named = {"tab": "\t", "\\t": "\t", "comma": ","}.get(separator, separator)
     if len(named) != 1:
         raise UserError(f"CSV separator must be {SEPARATOR_CHOICES}, got {separator!r}")
