@@ -45,6 +45,10 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
 def setup(device: str = "auto") -> Context:
     """Join the process group torchrun describes in the environment (a no-op for a plain process).
 
@@ -144,3 +148,83 @@ def all_objects(value) -> list:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+# --- Tensors split across ranks (cid_cluster's class centres, PartialFC-style): each rank holds its own
+# rows, so DDP must neither broadcast nor average them, and what the loss needs of the other ranks'
+# rows goes through the reductions below.
+
+def rank_shard_names(module: torch.nn.Module) -> list[str]:
+    """Qualified names of the parameters and buffers that hold a different shard on each rank.
+
+    A submodule declares its own in a ``rank_shards`` tuple of attribute names (None entries skipped).
+    """
+    names = []
+    for prefix, sub in module.named_modules():
+        for attr in getattr(sub, "rank_shards", ()):
+            if getattr(sub, attr, None) is not None:
+                names.append(f"{prefix}.{attr}" if prefix else attr)
+    return names
+
+
+def max_across_ranks(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum over ranks (no gradient: a softmax's shift only)."""
+    t = t.detach().clone()
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+class _SumKeepLocalGrad(torch.autograd.Function):
+    """all_reduce(SUM) whose gradient goes to this rank's own term only: every rank back-propagates into
+    its own term, so no gradient crosses ranks here."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+def sum_across_ranks_local_grad(t: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum over ranks of ``t``; d(sum)/d(t) = 1 on each rank (identity on one process)."""
+    return _SumKeepLocalGrad.apply(t) if is_distributed() else t
+
+
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.factor, None
+
+
+def gradient_times_world_size(t: torch.Tensor) -> torch.Tensor:
+    """Identity whose backward multiplies by W (identity on one process).
+
+    For a loss split across ranks (each rank holds part of its terms, not a copy of all of them): the
+    gathered batch's gradient is summed over ranks by the gather, then averaged by DDP, so each part
+    must weigh W times to come out once (PartialFC's AllGather does the same: ``grad_out *= world_size``).
+    """
+    return _ScaleGrad.apply(t, float(world_size())) if is_distributed() else t
+
+
+def argmax_across_ranks(values: torch.Tensor, offset: int) -> torch.Tensor:
+    """Per row, the global column of the largest value when each rank holds the columns from ``offset``.
+
+    Ties go to the lowest global column, as ``argmax`` on the whole row does.
+    """
+    column = values.argmax(dim=1)  # the first of equal maxima
+    best = values.gather(1, column[:, None])[:, 0]
+    column = column + offset
+    if not is_distributed():
+        return column
+    bests, columns = _gather_no_grad(best[None]), _gather_no_grad(column[None])  # (W, N), rank order
+    return columns.gather(0, bests.argmax(dim=0, keepdim=True))[0]

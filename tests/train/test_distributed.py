@@ -21,6 +21,14 @@ def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def whole_grads(model):
+    """``grads``, with each rank shard's (cid_cluster's centres) put back together from every rank's rows."""
+    from clipdistill.distributed import all_objects, rank_shard_names
+
+    shards = set(rank_shard_names(model))
+    return {n: torch.cat(all_objects(g)) if n in shards else g for n, g in grads(model).items()}
+
+
 def _worker(rank, world, init_file, out_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
@@ -36,7 +44,7 @@ def _worker(rank, world, init_file, out_file):
             # In local_loss mode each rank holds its share: the logged value is the mean over ranks.
             total = total.detach().clone()
             dist.all_reduce(total)
-            results[(case, local_loss)] = {"total": total / world, "grads": grads(model.module)}
+            results[(case, local_loss)] = {"total": total / world, "grads": whole_grads(model.module)}
     # Heads initialized differently on each rank (the reference code's bug) are synchronized by DDP.
     head = DistributedDataParallel(make_model(CASES["clipkd"], seed=rank)).module.objective.terms["fd"].project.image.weight
     copies = [torch.empty_like(head) for _ in range(world)]

@@ -9,25 +9,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipdistill import distributed
 from clipdistill.embeddings import Embeddings
 from clipdistill.errors import UserError
 from clipdistill.losses.heads import TeacherSpaceProjection
+# arcface_logits and sample_classes lived here first: still importable from this module.
+from clipdistill.losses.partial_fc import (arcface_logits, classes_in_shard, margin_softmax_loss,  # noqa: F401
+                                           sample_classes, shard_rows)
 from clipdistill.losses.registry import register
 
 
 def load_centroids(centroids: str | Path | torch.Tensor | np.ndarray) -> torch.Tensor:
     """``(K, D_t)`` unit-norm float32 centroids from a ``.npy`` path, a teacher-cache directory (its
     ``cluster`` extra, written by ``clipdistill cluster --embeddings CACHE``), an array or a tensor."""
+    return _unit_rows(_centroid_rows(centroids)[:])
+
+
+def _centroid_rows(centroids):
+    """The (K, D) centroids as rows to slice: a ``.npy`` is memory-mapped, so a rank reads its shard only."""
     if isinstance(centroids, (str, Path)) and Path(centroids).is_dir():
         centroids = _cache_centroids(Path(centroids))
     elif isinstance(centroids, (str, Path)):
         if not Path(centroids).is_file():
             raise UserError(f"cid_cluster centroids file not found: {centroids}")
-        centroids = np.load(centroids)
-    tensor = torch.as_tensor(np.asarray(centroids) if not torch.is_tensor(centroids) else centroids).float()
-    if tensor.ndim != 2 or len(tensor) < 2:
-        raise UserError(f"cid_cluster centroids must be (K >= 2, D); got {tuple(tensor.shape)}")
-    return F.normalize(tensor, dim=-1)
+        centroids = np.load(centroids, mmap_mode="r")
+    elif not (torch.is_tensor(centroids) or isinstance(centroids, np.ndarray)):
+        centroids = np.asarray(centroids)
+    if centroids.ndim != 2 or len(centroids) < 2:
+        raise UserError(f"cid_cluster centroids must be (K >= 2, D); got {tuple(centroids.shape)}")
+    return centroids
+
+
+def _unit_rows(rows) -> torch.Tensor:
+    tensor = rows if torch.is_tensor(rows) else torch.as_tensor(np.array(rows))
+    return F.normalize(tensor.float(), dim=-1)
 
 
 def _cache_centroids(directory: Path) -> torch.Tensor:
@@ -39,40 +54,6 @@ def _cache_centroids(directory: Path) -> torch.Tensor:
         raise UserError(f"teacher cache {directory} has no cluster centroids: run clipdistill cluster "
                         f"--embeddings {directory} --out DIR first")
     return extra["centroids"]
-
-
-def arcface_logits(cosine: torch.Tensor, labels: torch.Tensor, scale: float, margin: float) -> torch.Tensor:
-    """s·cos θ_k for every class, s·cos(θ_y + m) for the true one (Deng et al. 2019).
-
-    Where θ_y + m would pass π (cos(θ + m) stops decreasing) the usual linear fallback
-    cos θ − m·sin m keeps the target logit monotonic in θ. ``labels`` index columns of ``cosine``.
-    """
-    target = cosine.gather(1, labels[:, None]).clamp(-1 + 1e-7, 1 - 1e-7)
-    sine = (1.0 - target * target).sqrt()
-    with_margin = target * math.cos(margin) - sine * math.sin(margin)
-    with_margin = torch.where(target > math.cos(math.pi - margin), with_margin, target - margin * math.sin(margin))
-    return scale * cosine.scatter(1, labels[:, None], with_margin)
-
-
-def sample_classes(labels: torch.Tensor, num_classes: int, num_sampled: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Partial FC (An et al. 2021): every class present in ``labels`` plus uniformly drawn negatives,
-    ``num_sampled`` classes in all, in O(num_sampled) time and memory (no permutation of all K).
-    Returns ``(classes, columns)``: the sampled class ids and, per label, its column among them.
-
-    The draw is seeded from the labels themselves, so it is identical on every rank (each rank sees the
-    same gathered batch) and on every micro-batch of an accumulated step (the teacher batch is whole),
-    which keeps the 2-rank and accumulation equivalences exact; different batches draw differently.
-    """
-    if num_sampled >= num_classes:
-        return torch.arange(num_classes, device=labels.device), labels
-    positives = labels.unique()  # sorted, so searchsorted finds each label's column
-    wanted = max(0, num_sampled - len(positives))
-    key = int((labels.long().cpu() * torch.arange(1, len(labels) + 1)).sum()) * 1_000_003 + len(labels)
-    g = torch.Generator().manual_seed(key % (2**63))
-    draws = torch.randint(0, num_classes, (2 * wanted + 16,), generator=g).unique()
-    draws = draws[~torch.isin(draws, positives.cpu())]
-    draws = draws[torch.randperm(len(draws), generator=g)[:wanted]]  # unique() sorted them: reshuffle
-    return torch.cat([positives, draws.to(labels.device)]), torch.searchsorted(positives, labels)
 
 
 @register("cid_cluster")
@@ -90,43 +71,60 @@ class CIDClusterLoss(nn.Module):
     softmax runs over the batch's own clusters plus random negatives, ⌈fraction·K⌉ classes in all.
     Shapes: student (N, D_s) raw, teacher (N, D_t) normalized.
 
+    **Centres sharded across ranks** (PartialFC, :mod:`clipdistill.losses.partial_fc`): under W ranks
+    each rank holds its contiguous K/W rows of the centroids (and of the label centroids), listed in
+    ``rank_shards``: DDP ignores them (no broadcast, no all-reduce: their gradient is this rank's own),
+    the optimizer keeps their moments per rank without weight decay, checkpoints store them per rank.
+    Every rank classifies every row of the gathered batch against its shard (``local_loss`` does not
+    split this term's rows: its logits are already split by class), and the softmax is combined across
+    ranks exactly. One rank holds all K rows: the loss as before sharding.
+
     Args:
-        centroids: ``.npy`` path, teacher-cache directory, array or tensor (K, D_t).
+        centroids: ``.npy`` path (memory-mapped: a rank reads its rows only), teacher-cache directory,
+            array or tensor (K, D_t).
         scale, margin: ArcFace s and m (radians).
         student_dim, teacher_dim, always_project: projection heads, as in ``fd``.
         label_tower: ``image`` or ``text``: which teacher embedding picks y when no labels are given.
     """
 
     needs_teacher = True
+    rank_shards = ("label_centroids", "centroids")  # each rank holds its own rows (distributed.rank_shard_names)
 
     def __init__(self, centroids, student_dim: int | None = None, teacher_dim: int | None = None,
                  always_project: bool = False, scale: float = 32.0, margin: float = 0.2, learnable: bool = False,
                  sample_fraction: float = 1.0, label_tower: str = "image"):
         super().__init__()
-        initial = load_centroids(centroids)
-        if teacher_dim is not None and initial.shape[1] != teacher_dim:
-            raise UserError(f"cid_cluster centroids have dim {initial.shape[1]}, the teacher {teacher_dim}")
+        rows = _centroid_rows(centroids)
+        if teacher_dim is not None and rows.shape[1] != teacher_dim:
+            raise UserError(f"cid_cluster centroids have dim {rows.shape[1]}, the teacher {teacher_dim}")
         if not 0.0 < sample_fraction <= 1.0 or label_tower not in ("image", "text"):
             raise UserError("cid_cluster needs 0 < sample_fraction <= 1 and label_tower in (image, text)")
+        world = distributed.world_size()
+        if len(rows) < world:
+            raise UserError(f"cid_cluster has {len(rows)} centroids, fewer than the {world} ranks that shard them")
+        self.num_classes = len(rows)
+        self.shard = shard_rows(self.num_classes, distributed.rank(), world)
+        initial = _unit_rows(rows[self.shard])
         self.project = TeacherSpaceProjection(student_dim, teacher_dim, always_project)
-        self.register_buffer("label_centroids", initial.clone(), persistent=False)
+        self.register_buffer("label_centroids", initial, persistent=False)
         self.centroids = nn.Parameter(initial.clone()) if learnable else None
         self.scale, self.margin, self.label_tower = scale, margin, label_tower
-        self.num_sampled = math.ceil(sample_fraction * len(initial))
+        self.num_sampled = math.ceil(sample_fraction * self.num_classes)
 
     def labels(self, teacher: Embeddings) -> torch.Tensor:
         if "cluster" in teacher.extras:
             return teacher.extras["cluster"].long()
         anchors = teacher.image if self.label_tower == "image" else teacher.text
-        return (anchors @ self.label_centroids.t()).argmax(dim=1)
+        return distributed.argmax_across_ranks(anchors @ self.label_centroids.t(), offset=self.shard.start)
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
         labels = self.labels(teacher)
-        classes, columns = sample_classes(labels, len(self.label_centroids), self.num_sampled)
-        weights = self.centroids if self.centroids is not None else self.label_centroids
-        weights = F.normalize(weights[classes], dim=-1)
-        rows = student.rows
-        local = student.with_(image=student.image[rows], text=student.text[rows])
-        image, text = self.project(local, teacher)
-        return 0.5 * sum(F.cross_entropy(arcface_logits(x @ weights.t(), columns[rows], self.scale, self.margin),
-                                         columns[rows]) for x in (image, text))
+        classes, columns = sample_classes(labels, self.num_classes, self.num_sampled)
+        drawn, targets = classes_in_shard(classes, columns, self.shard,
+                                          everything=self.num_sampled >= self.num_classes)
+        centres = self.centroids if self.centroids is not None else self.label_centroids
+        centres = F.normalize(centres if drawn is None else centres[drawn], dim=-1)
+        image, text = self.project(student, teacher)  # every row, whatever student.rows says (see above)
+        # Both towers in one softmax pass: the mean over their 2N rows is ½(loss_image + loss_text).
+        return margin_softmax_loss(torch.cat([image, text]), centres, torch.cat([targets, targets]),
+                                   self.scale, self.margin)

@@ -12,6 +12,11 @@ one never runs code. Its schema lives here, in :func:`save_run` and :func:`resto
     skipped_nonfinite  steps skipped for a non-finite loss (train.skip_nonfinite)
     data               where the data stream stands (TrainBatches.state, every rank's shard readers)
     config             the resolved config (its student section rebuilds the architecture)
+    rank_shards        {"world_size": W} when the objective holds tensors split across ranks
+                       (cid_cluster's centres): those tensors and their optimizer moments are left
+                       out of ``objective`` and ``optimizer`` and live in ``step_N.rank{r}.pt``, one
+                       per rank (its rows and moments), written before the main file; resuming
+                       needs the same world size (one line otherwise: no resharding)
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from clipdistill import distributed
 from clipdistill.atomic import write_atomic
 from clipdistill.errors import UserError
 from clipdistill.models.checkpoints import list_checkpoints, load_untrusted
@@ -40,7 +46,14 @@ def save(state: dict, directory: Path, step: int, keep: int) -> Path:
     write_atomic(path, lambda file: torch.save(state, file), what="checkpoint")
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
+        for shard in directory.glob(f"{old.stem}.rank*.pt"):
+            shard.unlink(missing_ok=True)
     return path
+
+
+def rank_shard_path(path: Path, rank: int) -> Path:
+    """Where rank ``rank`` keeps its shard of checkpoint ``path`` (``list_checkpoints`` does not list it)."""
+    return path.with_name(f"{path.stem}.rank{rank}.pt")
 
 
 def resolve_resume(resume: str, directory: Path) -> Path | None:
@@ -91,11 +104,40 @@ class Restored:
 
 def save_run(directory: Path, *, step: int, distiller, optimizer, bad_data: dict, skipped_nonfinite: int,
              data: dict, config: dict, keep: int) -> Path:
-    """Write the run's state at ``step`` (call on the main rank only)."""
-    state = {"step": step, "student": distiller.student.state_dict(), "objective": distiller.objective.state_dict(),
-             "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "bad_data": bad_data,
+    """Write the run's state at ``step`` (call on the main rank only, after every rank's :func:`save_rank_shard`)."""
+    shards = distributed.rank_shard_names(distiller.objective)
+    objective = {k: v for k, v in distiller.objective.state_dict().items() if k not in shards}
+    optimizer_state = optimizer.state_dict()
+    moments = set(_shard_moment_ids(optimizer_state))
+    optimizer_state = {**optimizer_state, "state": {i: v for i, v in optimizer_state["state"].items() if i not in moments}}
+    state = {"step": step, "student": distiller.student.state_dict(), "objective": objective,
+             "optimizer": optimizer_state, "rng": torch.get_rng_state(), "bad_data": bad_data,
              "skipped_nonfinite": skipped_nonfinite, "data": data, "config": config}
+    if shards:
+        state["rank_shards"] = {"world_size": distributed.world_size()}
     return save(state, directory, step, keep=keep)
+
+
+def save_rank_shard(directory: Path, *, step: int, distiller, optimizer) -> Path | None:
+    """Write this rank's rows of the rank-sharded tensors and their optimizer moments (every rank calls
+    it, before the main rank's :func:`save_run`); None when the objective holds no such tensors."""
+    shards = distributed.rank_shard_names(distiller.objective)
+    if not shards:
+        return None
+    objective, optimizer_state = distiller.objective.state_dict(), optimizer.state_dict()
+    state = {"step": step, "world_size": distributed.world_size(),
+             "objective": {name: objective[name] for name in shards if name in objective},  # persistent ones
+             "optimizer": {i: optimizer_state["state"][i] for i in _shard_moment_ids(optimizer_state)
+                           if i in optimizer_state["state"]}}
+    directory.mkdir(parents=True, exist_ok=True)
+    path = rank_shard_path(checkpoint_path(directory, step), distributed.rank())
+    write_atomic(path, lambda file: torch.save(state, file), what="checkpoint")
+    return path
+
+
+def _shard_moment_ids(optimizer_state: dict) -> list[int]:
+    # build_optimizer puts the rank shards in a group of their own, marked rank_shard.
+    return [i for group in optimizer_state["param_groups"] if group.get("rank_shard") for i in group["params"]]
 
 
 def restore_run(resume: str, directory: Path, distiller, optimizer) -> Restored | None:
@@ -108,11 +150,34 @@ def restore_run(resume: str, directory: Path, distiller, optimizer) -> Restored 
     if found is None:
         return None
     path, state = found
+    state = _with_rank_shard(state, path)
     _load_weights(distiller, state, path)
-    load_optimizer_state(optimizer, state["optimizer"])
+    try:
+        load_optimizer_state(optimizer, state["optimizer"])
+    except ValueError as err:  # torch: another number or size of parameter groups
+        raise UserError(f"cannot resume from {path}: its optimizer state does not fit this run's parameters "
+                        f"({err}); resume with the config it was trained with") from None
     torch.set_rng_state(state["rng"])
     return Restored(path=path, step=state["step"], bad_data=state["bad_data"],
                     skipped_nonfinite=state.get("skipped_nonfinite", 0), data=state.get("data", {}))
+
+
+def _with_rank_shard(state: dict, path: Path) -> dict:
+    """The checkpoint with this rank's shard file merged back into ``objective`` and ``optimizer``."""
+    record = state.get("rank_shards")
+    if record is None:  # nothing sharded (or a checkpoint from before sharding: everything is in it)
+        return state
+    world, rank = distributed.world_size(), distributed.rank()
+    if record["world_size"] != world:
+        raise UserError(f"cannot resume from {path}: its cid_cluster centres are split over {record['world_size']} "
+                        f"ranks and this run has {world}; resume with {record['world_size']} processes "
+                        "(resharding is not supported)")
+    shard_file = rank_shard_path(path, rank)
+    if not shard_file.is_file():
+        raise UserError(f"cannot resume from {path}: rank {rank}'s shard of it ({shard_file.name}) is missing")
+    shard = load(shard_file)
+    optimizer_state = {**state["optimizer"], "state": {**state["optimizer"]["state"], **shard["optimizer"]}}
+    return {**state, "objective": {**state["objective"], **shard["objective"]}, "optimizer": optimizer_state}
 
 
 def _load_weights(distiller, state: dict, path: Path) -> None:

@@ -222,6 +222,8 @@ def evaluate(evaluator: Evaluator, student, ctx, metrics_log: MetricsLog, step: 
 def save(out_dir: Path, cfg: config_lib.Config, step: int, parts: Parts, tally: BadDataTally,
          nonfinite: NonFiniteSkips, data_state: dict, ctx) -> None:
     data_state = _merged(distributed.all_objects(data_state))  # every rank's shard readers
+    checkpoint.save_rank_shard(out_dir / "checkpoints", step=step, distiller=parts.distiller, optimizer=parts.optimizer)
+    distributed.barrier()  # every rank's shard is on disk before the main file that names them
     if ctx.is_main:
         checkpoint.save_run(out_dir / "checkpoints", step=step, distiller=parts.distiller, optimizer=parts.optimizer,
                             bad_data=tally.state(), skipped_nonfinite=nonfinite.skipped, data=data_state,

@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from clipdistill.distributed import rank_shard_names
+
 
 def _decays(name: str, param: torch.Tensor) -> bool:
     # As open_clip: no decay on biases, norms, embeddings' gains and learnable scales (1-d or 0-d tensors).
@@ -21,11 +23,17 @@ def build_optimizer(module: nn.Module, *, lr: float, weight_decay: float, betas:
     default AdamW runs on CPU, a third of a training step (bench/throughput.py). Its rounding differs
     from the loop's by a few ULP per step (3e-6 on the weights after 40 steps).
     """
+    shards = set(rank_shard_names(module))
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    replicated = [(n, p) for n, p in named if n not in shards]
     groups = [
-        {"params": [p for n, p in named if _decays(n, p)], "weight_decay": weight_decay},
-        {"params": [p for n, p in named if not _decays(n, p)], "weight_decay": 0.0},
+        {"params": [p for n, p in replicated if _decays(n, p)], "weight_decay": weight_decay},
+        {"params": [p for n, p in replicated if not _decays(n, p)], "weight_decay": 0.0},
     ]
+    # Rank shards (cid_cluster's centres): a group of their own, last, where checkpoints find their
+    # per-rank moments; no weight decay: the loss normalizes a centre, decay would only shrink its norm.
+    if len(replicated) < len(named):
+        groups.append({"params": [p for n, p in named if n in shards], "weight_decay": 0.0, "rank_shard": True})
     if all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for _, p in named):
         try:
             return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)

@@ -29,6 +29,10 @@ class Distiller(nn.Module):
         super().__init__()
         self.student = student
         self.objective = objective
+        # Tensors that hold another shard on each rank (cid_cluster's centres): DDP must neither broadcast
+        # nor average them; each rank's gradient for its shard is already its whole gradient.
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self, distributed.rank_shard_names(self))
         if getattr(objective, "student_logit_bias", None) is not None:  # a sigmoid task loss (siglip)
             add_logit_bias(student, objective.student_logit_bias)
 
@@ -183,13 +187,32 @@ def train_step(model: nn.Module, batch: dict, teacher_embeddings: Embeddings | N
     total, terms = accumulate_gradients(model, images, tokens, teacher_embeddings, accum_steps=accum_steps,
                                         device=device, precision=precision, step=step)
     if grad_clip > 0:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        clip_grad_norm_across_ranks(optimizer, grad_clip)
     set_lr(optimizer, lr)
     optimizer.step()
     _clamp_logit_scale(model)
     _unwrap(model).objective.clamp_scales_()  # the losses' learnable scales, likewise in place
     return total.detach(), terms
+
+
+def clip_grad_norm_across_ranks(optimizer, max_norm: float) -> None:
+    """``clip_grad_norm_`` over the optimizer's parameters, the norm taken over the whole model.
+
+    Replicated parameters carry the same (DDP-averaged) gradient on every rank, but rank shards
+    (the optimizer's ``rank_shard`` group) carry each rank's own rows: their squared norms are summed
+    over ranks, so every rank scales by the same factor and replicas stay identical.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    shards = [p.grad for group in optimizer.param_groups if group.get("rank_shard")
+              for p in group["params"] if p.grad is not None]
+    if not shards or not distributed.is_distributed():
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    replicated = [p.grad for group in optimizer.param_groups if not group.get("rank_shard")
+                  for p in group["params"] if p.grad is not None]
+    shard_square = distributed.sum_across_ranks_local_grad(torch.nn.utils.get_total_norm(shards) ** 2)
+    total = (torch.nn.utils.get_total_norm(replicated) ** 2 + shard_square).sqrt()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
 
 
 def _clamp_logit_scale(model: nn.Module) -> None:
