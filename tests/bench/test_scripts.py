@@ -75,3 +75,24 @@ def test_eval_speed_times_both_on_the_same_data_and_they_agree(tmp_path):
     assert set(result["targets"]) == {name, "ours_zero_shot/clip_benchmark_zero_shot"}
     assert result["metrics"]["ours_retrieval"]["image_retrieval_recall@1"] == pytest.approx(
         result["metrics"]["clip_benchmark_retrieval"]["image_retrieval_recall@1"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_sharded_centres_bench_reports_each_ranks_share(tmp_path):
+    """bench/sharded_centres.py at a toy size: 3 ranks, K = 1001 (334 + 334 + 333 rows)."""
+    import os
+    import sys
+
+    out = tmp_path / "pfc.json"
+    done = subprocess.run([sys.executable, str(BENCH / "sharded_centres.py"), "--classes", "1001", "--dim", "16",
+                           "--ranks", "3", "--steps", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [r["rows"] for r in result["ranks_report"]] == [334, 334, 333]
+    # shard, its gradient, two AdamW moments, the label centres' shard: 5 float32 copies of 334 x 16
+    assert result["ranks_report"][0]["bytes"] == {"shard": 334 * 16 * 4, "grad": 334 * 16 * 4,
+                                                  "optimizer": 2 * 334 * 16 * 4, "label_shard": 334 * 16 * 4}
+    assert result["whole_bytes_per_rank_before_sharding"] == 5 * 1001 * 16 * 4
+    assert result["largest_rank_share"] == pytest.approx(334 / 1001)
+    assert result["losses_equal_on_every_rank"] and "K = 1001 x 16 on 3 ranks" in done.stdout
