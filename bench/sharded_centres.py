@@ -9,8 +9,9 @@ wrap it in DDP and take ``--steps`` training steps (``train_step``: AdamW, gradi
 ``--batch`` random pairs per rank. Each rank reports the bytes its centres hold: the shard (parameter),
 its gradient, AdamW's moments, the fixed label centres' shard, against the same tensors for all K rows
 (what every rank held before sharding), plus its peak resident memory and the step times. While the
-ranks run, the parent watches the machine's available memory and stops them (exit 3) below
-``--min-available-gb``, so the benchmark cannot push a shared machine out of memory.
+ranks run, the parent watches the machine's available memory and stops them below
+``--min-available-gb`` (one line, exit status 1), so the benchmark cannot push a shared machine out of
+memory.
 """
 from __future__ import annotations
 

@@ -265,6 +265,17 @@ def test_one_rank_checkpoint_round_trip(tmp_path):
         checkpoint.restore_run("latest", tmp_path, fresh, fresh_optimizer)
 
 
+def test_fixed_centres_write_no_rank_files(tmp_path):
+    """Fixed centres are rebuilt from their file: nothing per rank to save, no world size to insist on."""
+    model = make_model(CASES["fixed_centres"])
+    optimizer = build_optimizer(model, **OPTIM)
+    assert checkpoint.save_rank_shard(tmp_path, step=1, distiller=model, optimizer=optimizer) is None
+    checkpoint.save_run(tmp_path, step=1, distiller=model, optimizer=optimizer, bad_data={}, skipped_nonfinite=0,
+                        data={}, config={}, keep=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["step_00000001.pt"]
+    assert "rank_shards" not in checkpoint.load(tmp_path / "step_00000001.pt")
+
+
 def test_fewer_centres_than_ranks_is_one_line(monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 8)
     with pytest.raises(UserError, match="has 5 centroids, fewer than the 8 ranks"):

@@ -105,8 +105,9 @@ class Restored:
 def save_run(directory: Path, *, step: int, distiller, optimizer, bad_data: dict, skipped_nonfinite: int,
              data: dict, config: dict, keep: int) -> Path:
     """Write the run's state at ``step`` (call on the main rank only, after every rank's :func:`save_rank_shard`)."""
-    shards = distributed.rank_shard_names(distiller.objective)
-    objective = {k: v for k, v in distiller.objective.state_dict().items() if k not in shards}
+    objective = distiller.objective.state_dict()
+    shards = _saved_shards(objective, distiller)
+    objective = {k: v for k, v in objective.items() if k not in shards}
     optimizer_state = optimizer.state_dict()
     moments = set(_shard_moment_ids(optimizer_state))
     optimizer_state = {**optimizer_state, "state": {i: v for i, v in optimizer_state["state"].items() if i not in moments}}
@@ -121,18 +122,25 @@ def save_run(directory: Path, *, step: int, distiller, optimizer, bad_data: dict
 def save_rank_shard(directory: Path, *, step: int, distiller, optimizer) -> Path | None:
     """Write this rank's rows of the rank-sharded tensors and their optimizer moments (every rank calls
     it, before the main rank's :func:`save_run`); None when the objective holds no such tensors."""
-    shards = distributed.rank_shard_names(distiller.objective)
+    objective = distiller.objective.state_dict()
+    shards = _saved_shards(objective, distiller)
     if not shards:
         return None
-    objective, optimizer_state = distiller.objective.state_dict(), optimizer.state_dict()
+    optimizer_state = optimizer.state_dict()
     state = {"step": step, "world_size": distributed.world_size(),
-             "objective": {name: objective[name] for name in shards if name in objective},  # persistent ones
+             "objective": {name: objective[name] for name in shards},
              "optimizer": {i: optimizer_state["state"][i] for i in _shard_moment_ids(optimizer_state)
                            if i in optimizer_state["state"]}}
     directory.mkdir(parents=True, exist_ok=True)
     path = rank_shard_path(checkpoint_path(directory, step), distributed.rank())
     write_atomic(path, lambda file: torch.save(state, file), what="checkpoint")
     return path
+
+
+def _saved_shards(objective_state: dict, distiller) -> list[str]:
+    # The rank shards a checkpoint stores: fixed label centres are a non-persistent buffer (rebuilt
+    # from the centroids file), so a run with fixed centres has nothing per rank to save.
+    return [name for name in distributed.rank_shard_names(distiller.objective) if name in objective_state]
 
 
 def _shard_moment_ids(optimizer_state: dict) -> list[int]:
