@@ -1,12 +1,13 @@
 """cid_cluster's class centres sharded across W CPU gloo ranks (PartialFC): per-rank centre memory.
 
     python bench/sharded_centres.py [--classes 1000000] [--dim 512] [--ranks 8] [--batch 4] [--steps 3]
-                                    [--fraction 1.0] [--out FILE.json]
+                                    [--fraction 1.0] [--labels nearest|data] [--out FILE.json]
 
 Writes K random unit centres (float32 ``.npy``), then W processes each build a toy student (two linear
 towers into D) with ``cid_cluster`` (learnable centres, labels = nearest centre across the shards),
 wrap it in DDP and take ``--steps`` training steps (``train_step``: AdamW, gradient clipping) on
-``--batch`` random pairs per rank. Each rank reports the bytes its centres hold: the shard (parameter),
+``--batch`` random pairs per rank (``--labels data``: random labels given with the teacher's embeddings,
+``label_tower=data``, so no fixed label copy of the shard is kept). Each rank reports the bytes its centres hold: the shard (parameter),
 its gradient, AdamW's moments, the fixed label centres' shard, against the same tensors for all K rows
 (what every rank held before sharding), plus its peak resident memory and the step times. While the
 ranks run, the parent watches the machine's available memory and stops them below
@@ -65,7 +66,7 @@ def _bytes(*tensors) -> int:
 
 
 def _worker(rank: int, world: int, init: str, centres: str, batch: int, steps: int, fraction: float,
-            out_dir: str) -> None:
+            labels: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     from clipdistill import Embeddings
@@ -73,10 +74,11 @@ def _worker(rank: int, world: int, init: str, centres: str, batch: int, steps: i
     from clipdistill.train.optim import build_optimizer
     from clipdistill.train.step import Distiller, train_step
 
-    dim = int(np.load(centres, mmap_mode="r").shape[1])
+    classes, dim = np.load(centres, mmap_mode="r").shape
     torch.manual_seed(0)
-    objective = build_objective({"cid_cluster": {"centroids": centres, "learnable": True, "sample_fraction": fraction}},
-                                student_dim=dim, teacher_dim=dim)
+    spec = {"centroids": centres, "learnable": True, "sample_fraction": fraction,
+            "label_tower": "data" if labels == "data" else "image"}
+    objective = build_objective({"cid_cluster": spec}, student_dim=dim, teacher_dim=dim)
     model = DistributedDataParallel(Distiller(LinearStudent(dim), objective), find_unused_parameters=True)
     optimizer = build_optimizer(model.module, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6)
     g = torch.Generator().manual_seed(1000 + rank)
@@ -87,6 +89,8 @@ def _worker(rank: int, world: int, init: str, centres: str, batch: int, steps: i
         teacher = Embeddings(F.normalize(torch.randn(batch, dim, generator=g), dim=-1),
                              F.normalize(torch.randn(batch, dim, generator=g), dim=-1), torch.tensor(50.0),
                              normalized=True)
+        if labels == "data":
+            teacher = teacher.with_(extras={"cluster": torch.randint(0, classes, (batch,), generator=g)})
         started = time.perf_counter()
         loss, _ = train_step(model, batch_in, teacher, optimizer=optimizer, lr=1e-3, device=torch.device("cpu"),
                              precision="fp32", grad_clip=1.0, step=step + 1)
@@ -114,13 +118,14 @@ def _available_gb() -> float:
     return float("inf")
 
 
-def run(classes: int, dim: int, ranks: int, batch: int, steps: int, fraction: float, min_available_gb: float) -> dict:
+def run(classes: int, dim: int, ranks: int, batch: int, steps: int, fraction: float, labels: str,
+        min_available_gb: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         centres = Path(tmp) / "centres.npy"
         started = time.perf_counter()
         write_centres(centres, classes, dim)
         written = time.perf_counter() - started
-        context = mp.spawn(_worker, args=(ranks, str(Path(tmp) / "pg"), str(centres), batch, steps, fraction, tmp),
+        context = mp.spawn(_worker, args=(ranks, str(Path(tmp) / "pg"), str(centres), batch, steps, fraction, labels, tmp),
                            nprocs=ranks, join=False)
         lowest = _available_gb()
         while not context.join(timeout=0.5):
@@ -133,7 +138,7 @@ def run(classes: int, dim: int, ranks: int, batch: int, steps: int, fraction: fl
         reports = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(ranks)]
     whole = reports[0]["whole_bytes"]
     return {"classes": classes, "dim": dim, "ranks": ranks, "batch_per_rank": batch, "steps": steps,
-            "sample_fraction": fraction, "write_centres_seconds": written, "lowest_available_gb": lowest,
+            "sample_fraction": fraction, "labels": labels, "write_centres_seconds": written, "lowest_available_gb": lowest,
             "whole_bytes_per_rank_before_sharding": whole,
             "largest_rank_bytes": max(r["total_bytes"] for r in reports),
             "largest_rank_share": max(r["total_bytes"] for r in reports) / whole,
@@ -149,11 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4, help="pairs per rank and step")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--fraction", type=float, default=1.0, help="cid_cluster sample_fraction")
+    parser.add_argument("--labels", choices=["nearest", "data"], default="nearest",
+                        help="nearest centre across the shards (a fixed label copy of each shard), or given by the data")
     parser.add_argument("--min-available-gb", type=float, default=1.5)
     parser.add_argument("--out", help="write the report here (JSON) as well")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    result = run(args.classes, args.dim, args.ranks, args.batch, args.steps, args.fraction, args.min_available_gb)
+    result = run(args.classes, args.dim, args.ranks, args.batch, args.steps, args.fraction, args.labels, args.min_available_gb)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text)

@@ -276,6 +276,20 @@ def test_fixed_centres_write_no_rank_files(tmp_path):
     assert "rank_shards" not in checkpoint.load(tmp_path / "step_00000001.pt")
 
 
+def test_labels_from_the_data_keep_no_label_copy_of_the_shard():
+    loss = losses.get("cid_cluster", label_tower="data", **CLUSTER)
+    assert loss.label_centroids is None and loss.centroids.shape == (K, D_T)
+    _, _, teacher = make_inputs()
+    labels = torch.arange(N) * 5
+    student = teacher.with_(image=teacher.image + 0.1, text=teacher.text - 0.1, normalized=False)
+    nearest = losses.get("cid_cluster", **CLUSTER)
+    assert loss(student, teacher.with_(extras={"cluster": labels})).item() == pytest.approx(
+        nearest(student, teacher.with_(extras={"cluster": labels})).item(), rel=1e-6)
+    with pytest.raises(UserError, match="label_tower=data needs the data's cluster labels"):
+        loss(student, teacher)
+    assert distributed.rank_shard_names(loss) == ["centroids"]
+
+
 def test_fewer_centres_than_ranks_is_one_line(monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 8)
     with pytest.raises(UserError, match="has 5 centroids, fewer than the 8 ranks"):

@@ -84,7 +84,9 @@ class CIDClusterLoss(nn.Module):
             array or tensor (K, D_t).
         scale, margin: ArcFace s and m (radians).
         student_dim, teacher_dim, always_project: projection heads, as in ``fd``.
-        label_tower: ``image`` or ``text``: which teacher embedding picks y when no labels are given.
+        label_tower: ``image`` or ``text``: which teacher embedding picks y when no labels are given;
+            ``data``: the data always gives them (a teacher cache's ``cluster`` extra), so learnable
+            centres keep no second, fixed copy of their shard for labelling (one shard copy less per rank).
     """
 
     needs_teacher = True
@@ -97,8 +99,8 @@ class CIDClusterLoss(nn.Module):
         rows = _centroid_rows(centroids)
         if teacher_dim is not None and rows.shape[1] != teacher_dim:
             raise UserError(f"cid_cluster centroids have dim {rows.shape[1]}, the teacher {teacher_dim}")
-        if not 0.0 < sample_fraction <= 1.0 or label_tower not in ("image", "text"):
-            raise UserError("cid_cluster needs 0 < sample_fraction <= 1 and label_tower in (image, text)")
+        if not 0.0 < sample_fraction <= 1.0 or label_tower not in ("image", "text", "data"):
+            raise UserError("cid_cluster needs 0 < sample_fraction <= 1 and label_tower in (image, text, data)")
         world = distributed.world_size()
         if len(rows) < world:
             raise UserError(f"cid_cluster has {len(rows)} centroids, fewer than the {world} ranks that shard them")
@@ -106,14 +108,18 @@ class CIDClusterLoss(nn.Module):
         self.shard = shard_rows(self.num_classes, distributed.rank(), world)
         initial = _unit_rows(rows[self.shard])
         self.project = TeacherSpaceProjection(student_dim, teacher_dim, always_project)
-        self.register_buffer("label_centroids", initial, persistent=False)
-        self.centroids = nn.Parameter(initial.clone()) if learnable else None
+        labelling = not (learnable and label_tower == "data")  # fixed centres are the weights too
+        self.register_buffer("label_centroids", initial if labelling else None, persistent=False)
+        self.centroids = (nn.Parameter(initial.clone() if labelling else initial)) if learnable else None
         self.scale, self.margin, self.label_tower = scale, margin, label_tower
         self.num_sampled = math.ceil(sample_fraction * self.num_classes)
 
     def labels(self, teacher: Embeddings) -> torch.Tensor:
         if "cluster" in teacher.extras:
             return teacher.extras["cluster"].long()
+        if self.label_tower == "data":
+            raise UserError("cid_cluster label_tower=data needs the data's cluster labels: a teacher cache with "
+                            "a cluster extra (clipdistill cluster --embeddings CACHE), teacher.source=cache")
         anchors = teacher.image if self.label_tower == "image" else teacher.text
         return distributed.argmax_across_ranks(anchors @ self.label_centroids.t(), offset=self.shard.start)
 
