@@ -255,7 +255,8 @@ def test_one_rank_checkpoint_round_trip(tmp_path):
     step(model, optimizer)
     step(fresh, fresh_optimizer)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
-    # The rotation removes an old step's shard files with it.
+    # The rotation removes an old step's shard files with it, and a kill's orphan (a rank file, no main file).
+    checkpoint.save_rank_shard(tmp_path, step=5, distiller=model, optimizer=optimizer)
     checkpoint.save_rank_shard(tmp_path, step=2, distiller=model, optimizer=optimizer)
     checkpoint.save_run(tmp_path, step=2, distiller=model, optimizer=optimizer, bad_data={}, skipped_nonfinite=0,
                         data={}, config={}, keep=1)

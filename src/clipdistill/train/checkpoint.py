@@ -46,7 +46,10 @@ def save(state: dict, directory: Path, step: int, keep: int) -> Path:
     write_atomic(path, lambda file: torch.save(state, file), what="checkpoint")
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
-        for shard in directory.glob(f"{old.stem}.rank*.pt"):
+    # Rank files whose main file is gone: rotated out, or left by a kill between the ranks' writes and
+    # the main rank's (every rank has written before the main file, so none of this step's is at risk).
+    for shard in directory.glob("step_*.rank*.pt"):
+        if not (directory / (shard.name.split(".")[0] + ".pt")).exists():
             shard.unlink(missing_ok=True)
     return path
 
