@@ -296,3 +296,72 @@ def test_fewer_centres_than_ranks_is_one_line(monkeypatch):
     with pytest.raises(UserError, match="has 5 centroids, fewer than the 8 ranks"):
         losses.get("cid_cluster", centroids=CENTRES[:5])
 
+
+
+# --- the training command on 2 gloo ranks: save, kill, resume (slow: three 2-process runs)
+
+LOOP = ["student.model=tiny", "teacher.source=openclip", "teacher.model=tiny-teacher", "data.num_samples=64",
+        "data.workers=0", "train.batch_size=8", "train.steps=4", "train.save_every=2", "train.keep_checkpoints=2",
+        "train.log_every=1", "train.progress=false", "eval.retrieval=", "eval.zero_shot=", "optim.warmup_steps=1",
+        "losses.clip.weight=1.0", "losses.cid_cluster.learnable=true", "losses.cid_cluster.sample_fraction=0.5"]
+
+
+def _loop_worker(rank, world, init_file, out_dir, overrides):
+    import os
+    from datetime import timedelta
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
+    torch.set_num_threads(1)
+    from clipdistill import config as config_lib
+    from clipdistill.train import loop
+
+    try:
+        loop.run(config_lib.load(None, overrides), out_dir)
+    finally:
+        dist.destroy_process_group()
+
+
+def _loop_on_two_ranks(tmp, run_name, overrides):
+    init = tmp / f"pg-{run_name}-{len(list(tmp.iterdir()))}"
+    mp.spawn(_loop_worker, args=(2, str(init), str(tmp / run_name), overrides), nprocs=2, join=True)
+
+
+def _losses(run_dir):
+    import json
+
+    return [(r["step"], r["loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r]
+
+
+@pytest.mark.slow
+def test_training_command_on_two_ranks_resumes_its_shards(tmp_path):
+    import numpy as np
+
+    centres = tmp_path / "centres.npy"
+    np.save(centres, F.normalize(torch.randn(13, 96, generator=torch.Generator().manual_seed(2)), dim=-1).numpy())
+    overrides = LOOP + [f"losses.cid_cluster.centroids={centres}"]
+    _loop_on_two_ranks(tmp_path, "continuous", overrides)
+    _loop_on_two_ranks(tmp_path, "resumed", overrides)
+    killed = tmp_path / "resumed" / "checkpoints"
+    (killed / "step_00000004.pt").unlink()  # killed after the ranks' step-4 files, before the main one
+    _loop_on_two_ranks(tmp_path, "resumed", overrides + ["train.resume=latest"])
+    continuous = tmp_path / "continuous" / "checkpoints"
+    assert sorted(p.name for p in continuous.iterdir()) == [
+        "step_00000002.pt", "step_00000002.rank0.pt", "step_00000002.rank1.pt",
+        "step_00000004.pt", "step_00000004.rank0.pt", "step_00000004.rank1.pt"]
+    assert _losses(tmp_path / "resumed")[-2:] == _losses(tmp_path / "continuous")[-2:]
+    for name in ("step_00000004.pt", "step_00000004.rank0.pt", "step_00000004.rank1.pt"):
+        a, b = checkpoint.load(continuous / name), checkpoint.load(killed / name)
+        for part in ("student", "objective"):
+            for key, value in a.get(part, {}).items():
+                assert torch.equal(value, b[part][key]), (name, part, key)
+    shard = checkpoint.load(continuous / "step_00000004.rank1.pt")
+    assert shard["objective"]["terms.cid_cluster.centroids"].shape == (6, 96)  # 13 = 7 + 6
+    # One process cannot take over two ranks' shards: one line.
+    from clipdistill import config as config_lib
+    from clipdistill.train import loop
+
+    with pytest.raises(UserError, match="split over 2 ranks and this run has 1; resume with 2 processes"):
+        loop.run(config_lib.load(None, overrides + ["train.resume=latest"]), tmp_path / "continuous")
