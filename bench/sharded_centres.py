@@ -7,12 +7,12 @@ Writes K random unit centres (float32 ``.npy``), then W processes each build a t
 towers into D) with ``cid_cluster`` (learnable centres, labels = nearest centre across the shards),
 wrap it in DDP and take ``--steps`` training steps (``train_step``: AdamW, gradient clipping) on
 ``--batch`` random pairs per rank (``--labels data``: random labels given with the teacher's embeddings,
-``label_tower=data``, so no fixed label copy of the shard is kept). Each rank reports the bytes its centres hold: the shard (parameter),
-its gradient, AdamW's moments, the fixed label centres' shard, against the same tensors for all K rows
-(what every rank held before sharding), plus its peak resident memory and the step times. While the
-ranks run, the parent watches the machine's available memory and stops them below
-``--min-available-gb`` (one line, exit status 1), so the benchmark cannot push a shared machine out of
-memory.
+``label_tower=data``, so no fixed label copy of the shard is kept). Each rank reports the bytes its
+centres hold: the shard (parameter), its gradient, AdamW's moments, the fixed label centres' shard,
+against the same tensors for all K rows (what every rank held before sharding), plus its peak resident
+memory and the step times. While the ranks run, the parent watches the machine's available memory and
+stops them below ``--min-available-gb`` (one line, exit status 1), so the benchmark cannot push a shared
+machine out of memory.
 """
 from __future__ import annotations
 
@@ -125,8 +125,8 @@ def run(classes: int, dim: int, ranks: int, batch: int, steps: int, fraction: fl
         started = time.perf_counter()
         write_centres(centres, classes, dim)
         written = time.perf_counter() - started
-        context = mp.spawn(_worker, args=(ranks, str(Path(tmp) / "pg"), str(centres), batch, steps, fraction, labels, tmp),
-                           nprocs=ranks, join=False)
+        arguments = (ranks, str(Path(tmp) / "pg"), str(centres), batch, steps, fraction, labels, tmp)
+        context = mp.spawn(_worker, args=arguments, nprocs=ranks, join=False)
         lowest = _available_gb()
         while not context.join(timeout=0.5):
             lowest = min(lowest, _available_gb())
@@ -138,7 +138,8 @@ def run(classes: int, dim: int, ranks: int, batch: int, steps: int, fraction: fl
         reports = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(ranks)]
     whole = reports[0]["whole_bytes"]
     return {"classes": classes, "dim": dim, "ranks": ranks, "batch_per_rank": batch, "steps": steps,
-            "sample_fraction": fraction, "labels": labels, "write_centres_seconds": written, "lowest_available_gb": lowest,
+            "sample_fraction": fraction, "labels": labels, "write_centres_seconds": written,
+            "lowest_available_gb": lowest,
             "whole_bytes_per_rank_before_sharding": whole,
             "largest_rank_bytes": max(r["total_bytes"] for r in reports),
             "largest_rank_share": max(r["total_bytes"] for r in reports) / whole,
@@ -155,18 +156,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--fraction", type=float, default=1.0, help="cid_cluster sample_fraction")
     parser.add_argument("--labels", choices=["nearest", "data"], default="nearest",
-                        help="nearest centre across the shards (a fixed label copy of each shard), or given by the data")
+                        help="nearest centre across the shards (a fixed label copy of each shard), "
+                             "or given by the data")
     parser.add_argument("--min-available-gb", type=float, default=1.5)
     parser.add_argument("--out", help="write the report here (JSON) as well")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    result = run(args.classes, args.dim, args.ranks, args.batch, args.steps, args.fraction, args.labels, args.min_available_gb)
+    result = run(args.classes, args.dim, args.ranks, args.batch, args.steps, args.fraction, args.labels,
+                 args.min_available_gb)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text)
     mib = 2**20
     print(f"K = {args.classes} x {args.dim} on {args.ranks} ranks: centre memory per rank "
-          f"{result['largest_rank_bytes'] / mib:.0f} MiB (largest shard) vs {result['whole_bytes_per_rank_before_sharding'] / mib:.0f} MiB "
+          f"{result['largest_rank_bytes'] / mib:.0f} MiB (largest shard) vs "
+          f"{result['whole_bytes_per_rank_before_sharding'] / mib:.0f} MiB "
           f"for all K ({result['largest_rank_share']:.4f}); peak RSS per rank "
           f"{max(r['peak_rss_bytes'] for r in result['ranks_report']) / mib:.0f} MiB; step seconds (rank 0) "
           f"{[round(t, 2) for t in result['ranks_report'][0]['step_seconds']]}")

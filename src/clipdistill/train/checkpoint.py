@@ -113,7 +113,8 @@ def save_run(directory: Path, *, step: int, distiller, optimizer, bad_data: dict
     objective = {k: v for k, v in objective.items() if k not in shards}
     optimizer_state = optimizer.state_dict()
     moments = set(_shard_moment_ids(optimizer_state))
-    optimizer_state = {**optimizer_state, "state": {i: v for i, v in optimizer_state["state"].items() if i not in moments}}
+    kept = {i: v for i, v in optimizer_state["state"].items() if i not in moments}
+    optimizer_state = {**optimizer_state, "state": kept}
     state = {"step": step, "student": distiller.student.state_dict(), "objective": objective,
              "optimizer": optimizer_state, "rng": torch.get_rng_state(), "bad_data": bad_data,
              "skipped_nonfinite": skipped_nonfinite, "data": data, "config": config}
