@@ -12,6 +12,8 @@ one never runs code. Its schema lives here, in :func:`save_run` and :func:`resto
     skipped_nonfinite  steps skipped for a non-finite loss (train.skip_nonfinite)
     data               where the data stream stands (TrainBatches.state, every rank's shard readers)
     config             the resolved config (its student section rebuilds the architecture)
+    student_build      only for a student with a tower of its teacher: its architecture and preprocessing
+                       (models.towers), which the config alone cannot rebuild without the teacher
 """
 from __future__ import annotations
 
@@ -90,11 +92,13 @@ class Restored:
 
 
 def save_run(directory: Path, *, step: int, distiller, optimizer, bad_data: dict, skipped_nonfinite: int,
-             data: dict, config: dict, keep: int) -> Path:
+             data: dict, config: dict, keep: int, student_build: dict | None = None) -> Path:
     """Write the run's state at ``step`` (call on the main rank only)."""
     state = {"step": step, "student": distiller.student.state_dict(), "objective": distiller.objective.state_dict(),
              "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "bad_data": bad_data,
              "skipped_nonfinite": skipped_nonfinite, "data": data, "config": config}
+    if student_build:
+        state["student_build"] = student_build
     return save(state, directory, step, keep=keep)
 
 

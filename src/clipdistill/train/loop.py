@@ -73,6 +73,7 @@ def run(cfg: config_lib.Config, out_dir: str | Path, overwrite: bool = False) ->
                                         cfg.data.max_bad_fraction, device=ctx.device)
         nonfinite = NonFiniteSkips(cfg.train.skip_nonfinite, skipped=restored.skipped_nonfinite if restored else 0)
         dataset = build.dataset_from(cfg.data)
+        build.check_captions(dataset, cfg.losses, cfg.student)
         if hasattr(dataset, "bad"):  # rows a CSV dropped while being read: counted, judged against its size
             tally.add_listed(dataset.bad, usable=len(dataset))
         batches = build_batches(cfg, dataset, parts, ctx, workers, start_step,
@@ -119,7 +120,7 @@ def build_parts(cfg: config_lib.Config, ctx) -> Parts:
     """The student, where its teacher's embeddings come from, the objective, DDP and the optimizer."""
     targets = build.targets_from(cfg.teacher, build.augmentation_from(cfg.data), ctx.device) \
         if needs_teacher(cfg.losses) else None
-    student = build.student_from(cfg.student)
+    student = build.student_from(cfg.student, teacher=build.tower_teacher(cfg.student, cfg.teacher, targets, ctx.device))
     local_loss = build.local_loss_from(cfg.train, ctx.world_size)
     objective = build.objective_from(cfg.losses, student, targets, local_loss=local_loss)
     if objective.student_patch_dropout:  # mfd: the student's image tower trains on a share of its patches
@@ -225,7 +226,8 @@ def save(out_dir: Path, cfg: config_lib.Config, step: int, parts: Parts, tally: 
     if ctx.is_main:
         checkpoint.save_run(out_dir / "checkpoints", step=step, distiller=parts.distiller, optimizer=parts.optimizer,
                             bad_data=tally.state(), skipped_nonfinite=nonfinite.skipped, data=data_state,
-                            config=config_lib.to_dict(cfg), keep=cfg.train.keep_checkpoints)
+                            config=config_lib.to_dict(cfg), keep=cfg.train.keep_checkpoints,
+                            student_build=parts.student.build_record)
     distributed.barrier()
 
 
