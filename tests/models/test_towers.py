@@ -122,3 +122,31 @@ def test_freeze_tower_survives_nested_train_calls():
     model.train(True)
     assert not any(m.training for m in model.visual.modules())
     assert model.transformer.training
+
+
+def test_hugging_face_export_of_the_hybrid_gives_the_teachers_text_embeddings(tmp_path, teacher, student):
+    transformers = pytest.importorskip("transformers")
+    from clipdistill.export_hf import write_hf
+
+    hybrid = student_with_teacher_tower(student, teacher, "text")
+    state = {"student": hybrid.model.state_dict(), "config": {"student": {"model": "tiny"}},
+             "student_build": hybrid.build_record}
+    write_hf(trained_student(state, "memory"), tmp_path / "hf")
+    hf = transformers.CLIPModel.from_pretrained(str(tmp_path / "hf")).eval()
+    tokens = hybrid.tokenizer(CAPTIONS)
+    with torch.no_grad():
+        text = hf.get_text_features(input_ids=tokens)
+        text = text if isinstance(text, torch.Tensor) else text.pooler_output
+        torch.testing.assert_close(torch.nn.functional.normalize(text, dim=-1), teacher.encode_text(tokens),
+                                   atol=1e-5, rtol=0)
+
+
+def test_a_text_tower_with_another_tokenizer_is_refused(teacher, student):
+    import open_clip
+
+    class OtherTeacher:
+        model_cfg, image_spec, encoder = teacher.model_cfg, teacher.image_spec, teacher.encoder
+        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=16)  # not the config's 32
+
+    with pytest.raises(UserError, match="its own tokenizer"):
+        student_with_teacher_tower(student, OtherTeacher(), "text")

@@ -136,8 +136,8 @@ def student_with_teacher_tower(student, teacher, reused: str):
     weights = combine_weights(built.model, student.model, teacher.encoder, reused)
     built.model.load_state_dict(weights, strict=True)
     freeze_tower(built.model, reused)
-    tokenizer = teacher.tokenizer if reused == "text" else student.tokenizer
-    return Student(model=built.model, tokenizer=tokenizer, image_spec=built.image_spec, model_cfg=config,
+    _refuse_other_tokenizer(built.tokenizer, teacher.tokenizer if reused == "text" else student.tokenizer, reused)
+    return Student(model=built.model, tokenizer=built.tokenizer, image_spec=built.image_spec, model_cfg=config,
                    name=built.name, weights_file=student.weights_file,
                    build_record={"model_cfg": config, "preprocess": preprocess, "reused_tower": reused})
 
@@ -151,6 +151,22 @@ def _refuse_activation_change(student, teacher, reused: str) -> None:
                         f"{'QuickGELU' if student.model_cfg.get('quick_gelu') else 'GELU'} but the teacher's tower "
                         f"the other one: one open_clip model has one activation; start the student from weights "
                         f"of the teacher's activation or from random init")
+
+
+def _refuse_other_tokenizer(rebuilt, original, reused: str) -> None:
+    """The exported model tokenizes as open_clip does for its text config: refuse a text tower whose own
+    tokenizer (a model folder's tokenizer files, say) is provably another, or its embeddings would be of
+    other tokens than the ones it was trained or used with."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from clipdistill.models.student import same_tokenizer
+
+    both_simple = isinstance(rebuilt, SimpleTokenizer) and isinstance(original, SimpleTokenizer)
+    if type(rebuilt) is not type(original) or (both_simple and not same_tokenizer(rebuilt, original)):
+        owner = "teacher" if reused == "text" else "student"
+        raise UserError(f"the {owner}'s text tower comes with its own tokenizer ({type(original).__name__}), not the "
+                        f"one open_clip builds for its text config ({type(rebuilt).__name__}, context "
+                        f"{getattr(rebuilt, 'context_length', '?')}): an exported model would tokenize differently")
 
 
 def rebuild(record: dict):
