@@ -65,11 +65,15 @@ def tower_teacher(student: config_lib.StudentConfig, teacher: config_lib.Teacher
     return teacher_from(teacher, device)
 
 
-def check_captions(dataset, losses: dict, student: config_lib.StudentConfig) -> None:
+def check_captions(dataset, losses: dict, student: config_lib.StudentConfig,
+                   teacher: config_lib.TeacherConfig | None = None) -> None:
     """Caption-free data (an image folder, shards without .txt) trains the image tower on image terms only,
     against the teacher's text tower: anything else is refused here, before the first step."""
     if getattr(dataset, "has_captions", True):
         return
+    if teacher is not None and teacher.source == "cache" and teacher.cache_mode == "hybrid":
+        raise UserError(f"{dataset!r} has no captions: teacher.cache_mode=hybrid is not supported for caption-free "
+                        f"data; cache the whole dataset and train with teacher.cache_mode=strict")
     if student.text_tower != "teacher":
         raise UserError(f"{dataset!r} has no captions: set student.text_tower=teacher (the teacher's frozen text "
                         f"tower gives the student text embeddings in its space; the image tower is distilled)")

@@ -120,6 +120,9 @@ def test_caption_free_runs_refuse_text_losses_and_a_student_text_tower(tmp_path)
     with pytest.raises(UserError, match="has no captions: set student.text_tower=teacher"):
         build.check_captions(data, {"fd": {}}, config_lib.load(None, []).student)
     build.check_captions(build_dataset("synthetic", num_samples=4), {"clip": {}}, config_lib.load(None, []).student)
+    hybrid = config_lib.load(None, ["teacher.source=cache", "teacher.cache_mode=hybrid"]).teacher
+    with pytest.raises(UserError, match="cache_mode=hybrid is not supported"):
+        build.check_captions(data, {"fd": {}}, teacher_text, hybrid)
 
 
 def test_the_teacher_embeds_images_only_without_tokens():

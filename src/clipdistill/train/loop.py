@@ -73,7 +73,7 @@ def run(cfg: config_lib.Config, out_dir: str | Path, overwrite: bool = False) ->
                                         cfg.data.max_bad_fraction, device=ctx.device)
         nonfinite = NonFiniteSkips(cfg.train.skip_nonfinite, skipped=restored.skipped_nonfinite if restored else 0)
         dataset = build.dataset_from(cfg.data)
-        build.check_captions(dataset, cfg.losses, cfg.student)
+        build.check_captions(dataset, cfg.losses, cfg.student, cfg.teacher)
         if hasattr(dataset, "bad"):  # rows a CSV dropped while being read: counted, judged against its size
             tally.add_listed(dataset.bad, usable=len(dataset))
         batches = build_batches(cfg, dataset, parts, ctx, workers, start_step,
