@@ -62,6 +62,8 @@ def run(cfg: config_lib.Config, out_dir: str | Path, overwrite: bool = False) ->
     open_run_directory(out_dir, cfg, ctx, overwrite)
     with train_log(out_dir / "train.log", enabled=ctx.is_main):
         workers, threads = choose_workers_and_threads(cfg, ctx)
+        dataset = build.dataset_from(cfg.data)  # draws from no global RNG; first, so bad data stops at once
+        build.check_captions(dataset, cfg.losses, cfg.student, cfg.teacher)
         torch.manual_seed(cfg.train.seed)  # every rank builds the same initial student and heads
         parts = build_parts(cfg, ctx)
         restored = checkpoint.restore_run(cfg.train.resume, out_dir / "checkpoints", parts.distiller,
@@ -72,8 +74,6 @@ def run(cfg: config_lib.Config, out_dir: str | Path, overwrite: bool = False) ->
         tally = BadDataTally.from_state(restored.bad_data if restored else {"counts": {}, "good": 0},
                                         cfg.data.max_bad_fraction, device=ctx.device)
         nonfinite = NonFiniteSkips(cfg.train.skip_nonfinite, skipped=restored.skipped_nonfinite if restored else 0)
-        dataset = build.dataset_from(cfg.data)
-        build.check_captions(dataset, cfg.losses, cfg.student, cfg.teacher)
         if hasattr(dataset, "bad"):  # rows a CSV dropped while being read: counted, judged against its size
             tally.add_listed(dataset.bad, usable=len(dataset))
         batches = build_batches(cfg, dataset, parts, ctx, workers, start_step,
