@@ -106,11 +106,6 @@ def _stay_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(module, False)
 
 
-def trainable_tower_only(model: nn.Module, reused: str) -> bool:
-    """Whether no parameter of the reused tower can be trained (what :func:`freeze_tower` guarantees)."""
-    return not any(p.requires_grad for n, p in model.named_parameters() if tower_of(n) == reused)
-
-
 def check_teacher(teacher, reused: str) -> None:
     """Refuse a teacher whose tower cannot become part of an open_clip student."""
     if getattr(teacher, "model_cfg", None) is None:
