@@ -33,7 +33,7 @@ class StudentConfig:
     # student | teacher: reuse the teacher's text (image) tower, frozen; the other tower trains into the
     # teacher's embedding space (its embed_dim). Caption-free data needs text_tower: teacher.
     text_tower: str = "student"
-    image_tower: str = "student"
+    image_tower: str = "student"  # student | teacher (the teacher's image tower, frozen; its preprocessing)
 
 
 @dataclass
