@@ -6,11 +6,11 @@ text tower, against the teacher itself and a random-init student with the same t
 
 1. class-balanced subsets of the train and test folders (symlinks; the first N files of each class);
 2. ``clipdistill cache`` of the train subset with the teacher (image embeddings only: no captions);
-3. per seed, ``clipdistill train``: ``data.kind: folder``, ``student.text_tower: teacher``, ``fd`` + ``crd_image``,
-   from the cache; the random-init student is the same run with ``optim.lr=0`` for one step (weights as built);
-4. ``clipdistill eval`` zero-shot (CIFAR-10 class names and prompts) and linear probe (the train subset as the
-   probe's training set) for the teacher, the random student and each trained student;
-5. ``OUT/results.json`` and a markdown table (mean ± sd over seeds) on stdout.
+3. ``clipdistill eval`` zero-shot (CIFAR-10 class names and prompts) and linear probe (the train subset as the
+   probe's training set) of the teacher, then of each student right after its ``clipdistill train``:
+   ``data.kind: folder``, ``student.text_tower: teacher``, ``fd`` + ``crd_image``, from the cache; the
+   random-init student is the same run with ``optim.lr=0`` for one step (its weights as built), then seeds;
+4. ``OUT/results.json`` and a markdown table (mean ± sd over seeds) on stdout.
 """
 from __future__ import annotations
 
@@ -104,11 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     from_cache = ["teacher.source=cache", f"teacher.path={out / 'cache'}"]
     runs = {"random": ["train.steps=1", "optim.lr=0", "train.save_every=1", "optim.warmup_steps=1"]}
     runs.update({f"seed{seed}": [f"train.seed={seed}"] for seed in args.seeds})
+    # Each model evaluated as soon as it is trained, and every step skipped when its output exists: a run cut
+    # short is continued (or summarised with fewer seeds: --seeds 0) by the same command.
+    results = {"teacher": evaluate(str(args.teacher), "teacher", args, train, test, out)}
     for name, overrides in runs.items():
         if not (out / name / "results.json").exists():
             clipdistill("train", str(config_file), "--out", str(out / name), "--overwrite", *from_cache, *overrides)
-    results = {"teacher": evaluate(str(args.teacher), "teacher", args, train, test, out),
-               **{name: evaluate(str(out / name), name, args, train, test, out) for name in runs}}
+        results[name] = evaluate(str(out / name), name, args, train, test, out)
     (out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                   "acc1": results}, indent=2))
     students = [results[f"seed{s}"] for s in args.seeds]
