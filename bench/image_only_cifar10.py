@@ -18,7 +18,6 @@ import argparse
 import importlib.util
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -47,8 +46,12 @@ def subset(source: Path, out: Path, per_class: int) -> Path:
 
 
 def clipdistill(*args: str) -> None:
+    """One clipdistill command, in this process (the imports are paid once, not once per command)."""
+    from clipdistill.cli import main as cli
+
     print("+ clipdistill " + " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "clipdistill.cli", *args], check=True)
+    if cli(list(args)) != 0:
+        raise SystemExit(f"clipdistill {args[0]} failed")
 
 
 def config(args, train: Path) -> dict:
