@@ -13,7 +13,10 @@ from clipdistill.data import build_dataset
 from clipdistill.data.augmentation import Augmentation
 from clipdistill.errors import UserError
 from clipdistill.losses.objective import Objective, build_objective
+from clipdistill.losses.registry import names as loss_names
+from clipdistill.losses.registry import resolve as resolve_loss
 from clipdistill.models import Student, Teacher, build_student, load_teacher
+from clipdistill.models.towers import reused_tower, student_with_teacher_tower
 from clipdistill.targets import LiveTeacherTargets
 
 TEACHER_SOURCES = ("none", "openclip", "checkpoint", "hf", "cache")
@@ -29,8 +32,56 @@ def dataset_from(data: config_lib.DataConfig):
                          image_key=data.image_key, caption_key=data.caption_key, separator=data.separator)
 
 
-def student_from(student: config_lib.StudentConfig, patch_dropout: float | None = None) -> Student:
-    return build_student(student.model, student.pretrained, patch_dropout=patch_dropout, preprocess=student.preprocess)
+def student_from(student: config_lib.StudentConfig, patch_dropout: float | None = None,
+                 teacher: Teacher | None = None) -> Student:
+    """The student; with ``student.text_tower``/``image_tower: teacher``, rebuilt around ``teacher``'s tower."""
+    reused = reused_tower(student.text_tower, student.image_tower)
+    built = build_student(student.model, student.pretrained, patch_dropout=patch_dropout, preprocess=student.preprocess)
+    if reused is None:
+        return built
+    if teacher is None:
+        raise UserError(f"student.{reused}_tower=teacher needs a teacher: set teacher.source (openclip, checkpoint "
+                        f"or cache)")
+    return student_with_teacher_tower(built, teacher, reused)
+
+
+def tower_teacher(student: config_lib.StudentConfig, teacher: config_lib.TeacherConfig, targets,
+                  device: torch.device | str) -> Teacher | None:
+    """The teacher whose tower the student reuses (None when it reuses none): the run's live teacher, or the
+    one a cache's manifest names (checked against the cached weights), or the one ``teacher`` names."""
+    reused = reused_tower(student.text_tower, student.image_tower)
+    if reused is None:
+        return None
+    live = getattr(targets, "teacher", None)
+    if live is not None:
+        return live
+    if teacher.source == "none":
+        raise UserError(f"student.{reused}_tower=teacher needs a teacher: set teacher.source (openclip, checkpoint "
+                        f"or cache)")
+    if teacher.source == "cache":
+        from clipdistill.cache.training import teacher_of_cache
+
+        return teacher_of_cache(teacher.path, device=str(device), precision=teacher.precision)
+    return teacher_from(teacher, device)
+
+
+def check_captions(dataset, losses: dict, student: config_lib.StudentConfig,
+                   teacher: config_lib.TeacherConfig | None = None) -> None:
+    """Caption-free data (an image folder, shards without .txt) trains the image tower on image terms only,
+    against the teacher's text tower: anything else is refused here, before the first step."""
+    if getattr(dataset, "has_captions", True):
+        return
+    if teacher is not None and teacher.source == "cache" and teacher.cache_mode == "hybrid":
+        raise UserError(f"{dataset!r} has no captions: teacher.cache_mode=hybrid is not supported for caption-free "
+                        f"data; cache the whole dataset and train with teacher.cache_mode=strict")
+    if student.text_tower != "teacher":
+        raise UserError(f"{dataset!r} has no captions: set student.text_tower=teacher (the teacher's frozen text "
+                        f"tower gives the student text embeddings in its space; the image tower is distilled)")
+    image_only = [name for name in loss_names() if not getattr(resolve_loss(name), "needs_text", True)]
+    for name in losses:
+        if getattr(resolve_loss(name), "needs_text", True):
+            raise UserError(f"loss '{name}' needs captions, but {dataset!r} has none: use image-only losses "
+                            f"({', '.join(image_only)}) for caption-free data")
 
 
 def teacher_from(teacher: config_lib.TeacherConfig, device: torch.device | str) -> Teacher:

@@ -30,6 +30,10 @@ class StudentConfig:
     model: ModelSpec = "tiny"
     pretrained: str = ""  # open_clip tag or local file; empty = random init (the usual for distillation)
     preprocess: dict = field(default_factory=dict)  # mean/std/interpolation/resize_mode over the resolved ones
+    # student | teacher: reuse the teacher's text (image) tower, frozen; the other tower trains into the
+    # teacher's embedding space (its embed_dim). Caption-free data needs text_tower: teacher.
+    text_tower: str = "student"
+    image_tower: str = "student"  # student | teacher (the teacher's image tower, frozen; its preprocessing)
 
 
 @dataclass
@@ -61,8 +65,8 @@ class CacheConfig:
 
 @dataclass
 class DataConfig:
-    kind: str = "synthetic"  # synthetic | csv | webdataset
-    path: str = ""  # CSV/TSV file, or a brace pattern of tar shards
+    kind: str = "synthetic"  # synthetic | csv | webdataset | folder (images only, no captions)
+    path: str = ""  # CSV/TSV file, a brace pattern of tar shards (without .txt members: images only), or a folder
     num_samples: int = 20000  # size of the synthetic corpus
     subset: int = 0  # train on the first N samples only (0 = all); map-style datasets
     seed: int = 0  # data generation seed (synthetic)

@@ -65,11 +65,11 @@ class LiveTeacherTargets:
                            tokenizers={"teacher_text": student.tokenizer if same else self.teacher.tokenizer})
 
     def __call__(self, batch: dict) -> Embeddings:
-        if not self._context_reported and "caption" in batch:
+        tokens = batch.get("teacher_text")  # absent for caption-free data: image embeddings only
+        if not self._context_reported and "caption" in batch and tokens is not None:
             self._report_truncation(batch["caption"])
         images = batch["teacher_image"].to(self.device, non_blocking=True)
-        tokens = batch["teacher_text"].to(self.device, non_blocking=True)
-        return self.teacher(images, tokens)
+        return self.teacher(images, tokens.to(self.device, non_blocking=True) if tokens is not None else None)
 
     def _report_truncation(self, captions: list[str]) -> None:
         """Once per run: captions longer than the teacher's context (PE-Core 32 tokens, SigLIP 64) are cut

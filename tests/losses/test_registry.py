@@ -54,7 +54,7 @@ def test_names_lists_the_registered_losses():
     names = losses.names()
     assert names == sorted(names)
     assert {"clip", "crd", "fd", "mfd", "gd", "gd_raw", "icl", "cross_kd", "afd", "soft_clip", "affinity",
-            "cid_cluster", "cid_instance", "siglip", "sigmoid_kd"} == set(names)
+            "cid_cluster", "cid_instance", "siglip", "sigmoid_kd", "crd_image"} == set(names)
     assert not hasattr(losses, "STUDENT_ONLY")
 
 

@@ -118,7 +118,7 @@ class TeacherCache:
         shard_of = np.searchsorted(self._shard_starts, rows.numpy(), side="right") - 1
         if len(shard_of) and (shard_of == shard_of[0]).all():  # one shard: no per-shard masks
             return self._gather_one(parts, int(shard_of[0]), rows, views)
-        out = torch.empty(len(rows), self.dim)
+        out = torch.empty(len(rows), parts[0].shape[-1])  # dim, or 0 for the text of caption-free data
         for shard in np.unique(shard_of):
             pick = torch.from_numpy(shard_of == shard)
             out[pick] = self._gather_one(parts, int(shard), rows[pick], None if views is None else views[pick])

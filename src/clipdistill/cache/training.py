@@ -46,6 +46,12 @@ def open_for_training(path: str, *, mode: str, model="", pretrained: str = "",
     return CachedTeacherTargets(cache, torch.device(device), live=live)
 
 
+def teacher_of_cache(path: str, *, device: str = "cpu", precision: str = "auto"):
+    """The teacher the cache at ``path`` was written by, loaded as its manifest records it and refused unless
+    its weights and preprocessing are the cached ones (a student reusing its tower needs that very model)."""
+    return _live_teacher(TeacherCache(path), device, precision)
+
+
 def _live_teacher(cache: TeacherCache, device: str, precision: str):
     from clipdistill.models import load_teacher
 

@@ -85,4 +85,4 @@ def decode_item(dataset, item) -> dict:
         except OSError as err:  # a dataset letting file errors through, as the training loader tolerates
             raise BadSample("unreadable", str(err)) from None
         return {**sample, "index": item}
-    return {**to_pair(item), "index": -1}
+    return {**to_pair(item, getattr(dataset, "has_captions", True)), "index": -1}

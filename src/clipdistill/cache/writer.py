@@ -141,9 +141,12 @@ class _UnitBuffer:
         if self.pending_rows:
             rows, self.pending_rows = self.pending_rows, []
             captions = [r["caption"] for r in rows]
-            text = self.teacher.encode_text(self.teacher.tokenizer(captions))
-            cut = count_truncated(self.teacher.tokenizer, captions)
-            self.truncated = None if cut is None or self.truncated is None else self.truncated + cut
+            if None in captions:  # caption-free data (an image folder, shards without .txt): (n, 0) text rows
+                text = torch.zeros(len(rows), 0)
+            else:
+                text = self.teacher.encode_text(self.teacher.tokenizer(captions))
+                cut = count_truncated(self.teacher.tokenizer, captions)
+                self.truncated = None if cut is None or self.truncated is None else self.truncated + cut
             self.parts["text"].append(text.cpu().to(self.dtype))
             image_rows = [r["image_row"] for r in rows]
             self.parts["view"].append(torch.stack([self.image_views[i] for i in image_rows]))

@@ -19,7 +19,8 @@ class Batch(TypedDict, total=False):
 
     Always present:
         student_image: ``(B, 3, H, W)`` the batch's crops rendered in the student's ImageSpec.
-        student_text: ``(B, L)`` the captions tokenized for the student.
+        student_text: ``(B, L)`` the captions tokenized for the student (absent for caption-free data,
+            whose ``caption`` entries are None).
         view: ``(B, 5)`` int32, each crop as (top, left, height, width, flip) in the source image.
         caption: the B captions (strings).
         key: the B sample keys (strings: a dataset row, or a shard sample's ``__key__``).
@@ -99,7 +100,8 @@ def collate(prepared: list[dict], tokenizers: dict[str, Callable], bad: Counter,
         batch[name] = stacked[id(first)]
     captions = [p["caption"] for p in prepared]
     tokenized = {}
-    for name, tokenize in tokenizers.items():
+    # Caption-free data (an image folder, shards without .txt) has no text for any model: no token keys.
+    for name, tokenize in tokenizers.items() if None not in captions else ():
         if id(tokenize) not in tokenized:
             tokenized[id(tokenize)] = tokenize(captions)
         batch[name] = tokenized[id(tokenize)]

@@ -59,7 +59,8 @@ def train_batches(dataset, *, transform, tokenizers: dict[str, Callable], batch_
         if subset:
             raise UserError("a training subset needs a map-style dataset (synthetic, csv), not shards")
         if keep is not None:
-            dataset = ShardPairs(dataset.path, dataset.shuffle_buffer, keep=KeptKeys.load(keep))
+            dataset = ShardPairs(dataset.path, dataset.shuffle_buffer, keep=KeptKeys.load(keep),
+                                 has_captions=dataset.has_captions)
         loader = shard_loader(dataset, resume_from=resume_from, **common)
     else:
         loader = map_loader(dataset, subset=subset, keep=keep, **common)

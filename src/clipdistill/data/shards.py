@@ -73,11 +73,12 @@ def _unsafe_key(key: str) -> bool:
     return key.startswith("/") or ".." in parts
 
 
-def to_pair(sample: dict) -> dict:
+def to_pair(sample: dict, captions: bool = True) -> dict:
     """A raw webdataset sample (``{"__key__", "jpg": bytes, "txt": bytes, ...}``) -> image/caption/key.
 
     Decoded here rather than with ``wds.decode`` so that a bad sample becomes a counted
-    :class:`BadSample` instead of an exception a handler must swallow.
+    :class:`BadSample` instead of an exception a handler must swallow. ``captions`` False (shards
+    without ``.txt`` members): the caption is None and a ``.txt`` member is ignored.
     """
     key = sample["__key__"]
     if _unsafe_key(key):
@@ -85,6 +86,9 @@ def to_pair(sample: dict) -> dict:
     image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
     if image_ext is None:
         raise BadSample("missing_image", key)
+    if not captions:
+        return {"image": decode_image(sample[image_ext], name=f"{sample.get('__url__', '')}:{key}.{image_ext}"),
+                "caption": None, "key": key}
     if "txt" not in sample:
         raise BadSample("missing_caption", key)
     caption = sample["txt"].decode("utf-8", errors="replace").strip()
@@ -132,6 +136,14 @@ class KeptKeys:
         return len(self.keys)
 
 
+def _first_sample_has_text(shard: str) -> bool:
+    """Whether the first sample of ``shard`` has a ``.txt`` member (True for an empty or unreadable shard:
+    the captioned reader then reports what is wrong with it)."""
+    for raw in wds.DataPipeline(wds.SimpleShardList([shard]), wds.tarfile_to_samples(handler=wds.ignore_and_continue)):
+        return "txt" in raw
+    return True
+
+
 class ShardPairs:
     """A set of shards, streamed forever by :meth:`stream` (one reader's share).
 
@@ -139,11 +151,14 @@ class ShardPairs:
     their image is decoded and are not counted as bad.
     """
 
-    def __init__(self, path: str, shuffle_buffer: int = 1000, keep: KeptKeys | None = None):
+    def __init__(self, path: str, shuffle_buffer: int = 1000, keep: KeptKeys | None = None,
+                 has_captions: bool | None = None):
         self.path = path
         self.shards = expand_shards(path)
         self.shuffle_buffer = shuffle_buffer
         self.keep = keep
+        # Images only when the first sample has no .txt member (shards of one collection are written alike).
+        self.has_captions = _first_sample_has_text(self.shards[0]) if has_captions is None else has_captions
 
     def _kept(self, raw: dict) -> bool:
         return self.keep is None or raw.get("__key__") in self.keep
@@ -185,7 +200,7 @@ class ShardPairs:
                     continue
                 yield from self._unreadable(shard_errors, epoch)
                 try:
-                    item = {**to_pair(raw), "epoch": epoch}
+                    item = {**to_pair(raw, self.has_captions), "epoch": epoch}
                 except BadSample as bad:
                     item = {"bad": bad.kind, "detail": bad.detail, "epoch": epoch}
                 yield {**item, "position": (epoch, seen)}
@@ -202,4 +217,5 @@ class ShardPairs:
 
     def __repr__(self) -> str:
         kept = f", keep {len(self.keep)} keys of {self.keep.source}" if self.keep is not None else ""
-        return f"ShardPairs('{self.path}', {len(self.shards)} shards{kept})"
+        images_only = "" if self.has_captions else ", images only"
+        return f"ShardPairs('{self.path}', {len(self.shards)} shards{kept}{images_only})"

@@ -25,6 +25,7 @@ class FDLoss(nn.Module):
     """
 
     needs_teacher = True
+    needs_text = False  # caption-free data: text is (N, 0) and the image half is the whole loss
 
     def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None,
                  always_project: bool = False):

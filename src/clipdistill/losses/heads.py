@@ -31,7 +31,8 @@ class TeacherSpaceProjection(nn.Module):
         """Returns normalized projected (image, text), each (N, D_t)."""
         image, text = student.image, student.text
         if self.image is not None:
-            image, text = self.image(image), self.text(text)
+            # Caption-free data: text is (N, 0) on both sides and stays so (fd's text half is then 0).
+            image, text = self.image(image), self.text(text) if text.shape[1] else text
         elif student.dim != teacher.dim:
             raise ValueError(f"student dim {student.dim} != teacher dim {teacher.dim}: build the loss with "
                              "student_dim= and teacher_dim= so it learns a projection head")

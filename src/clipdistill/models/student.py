@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from clipdistill.errors import UserError
-from clipdistill.models import folders
+from clipdistill.models import folders, towers
 from clipdistill.models.checkpoints import load_state_dict_file, load_weights
 from clipdistill.models.guards import check_activation
 from clipdistill.models.preprocess import check_override, folder_preprocess, resolve_for_file, tag_preprocess, with_fields
@@ -44,6 +44,9 @@ class Student:
         name: the open_clip architecture name (a preset name, ``inline-<hash>`` for a dict, or the
             ``local-dir:``/``hf-hub:`` name).
         weights_file: the file its weights came from ("" for random init or a downloaded tag).
+        build_record: set when the architecture is more than the config's ``student.model`` says (a tower
+            reused from the teacher, :mod:`clipdistill.models.towers`): what a run checkpoint stores to
+            rebuild it without the teacher. None otherwise.
     """
 
     model: nn.Module
@@ -52,6 +55,7 @@ class Student:
     model_cfg: dict
     name: str
     weights_file: str = ""
+    build_record: dict | None = None
 
     @property
     def embed_dim(self) -> int:
@@ -159,7 +163,8 @@ def trained_student(state: dict, source) -> Student:
     A student trained with a sigmoid loss carries a logit bias: it gets the parameter back, and its
     ``model_cfg`` says ``init_logit_bias`` so that an exported open_clip model has one too.
     """
-    student = student_of_config(state["config"]["student"])
+    record = state.get("student_build")  # a student with a tower of its teacher: its own architecture
+    student = towers.rebuild(record) if record else student_of_config(state["config"]["student"])
     if "logit_bias" in state["student"]:
         add_logit_bias(student.model)
         student.model_cfg["init_logit_bias"] = float(state["student"]["logit_bias"])

@@ -81,9 +81,11 @@ class Teacher(nn.Module):
     def device(self) -> torch.device:
         return next(self.encoder.parameters()).device
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> Embeddings:
-        """Normalized float32 embeddings of a batch, as plain tensors usable in any loss."""
-        return Embeddings(image=self.encode_image(images), text=self.encode_text(tokens),
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor | None) -> Embeddings:
+        """Normalized float32 embeddings of a batch, as plain tensors usable in any loss; ``tokens`` None
+        (caption-free data): text is ``(B, 0)``."""
+        image = self.encode_image(images)
+        return Embeddings(image=image, text=self.encode_text(tokens) if tokens is not None else image[:, :0],
                           logit_scale=self.logit_scale(), normalized=True, logit_bias=self.logit_bias())
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:

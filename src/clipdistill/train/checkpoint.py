@@ -17,6 +17,8 @@ one never runs code. Its schema lives here, in :func:`save_run` and :func:`resto
                        out of ``objective`` and ``optimizer`` and live in ``step_N.rank{r}.pt``, one
                        per rank (its rows and moments), written before the main file; resuming
                        needs the same world size (one line otherwise: no resharding)
+    student_build      only for a student with a tower of its teacher: its architecture and preprocessing
+                       (models.towers), which the config alone cannot rebuild without the teacher
 """
 from __future__ import annotations
 
@@ -106,7 +108,7 @@ class Restored:
 
 
 def save_run(directory: Path, *, step: int, distiller, optimizer, bad_data: dict, skipped_nonfinite: int,
-             data: dict, config: dict, keep: int) -> Path:
+             data: dict, config: dict, keep: int, student_build: dict | None = None) -> Path:
     """Write the run's state at ``step`` (call on the main rank only, after every rank's :func:`save_rank_shard`)."""
     objective = distiller.objective.state_dict()
     shards = _saved_shards(objective, distiller)
@@ -120,6 +122,8 @@ def save_run(directory: Path, *, step: int, distiller, optimizer, bad_data: dict
              "skipped_nonfinite": skipped_nonfinite, "data": data, "config": config}
     if shards:
         state["rank_shards"] = {"world_size": distributed.world_size()}
+    if student_build:
+        state["student_build"] = student_build
     return save(state, directory, step, keep=keep)
 
 

@@ -62,6 +62,8 @@ def run(cfg: config_lib.Config, out_dir: str | Path, overwrite: bool = False) ->
     open_run_directory(out_dir, cfg, ctx, overwrite)
     with train_log(out_dir / "train.log", enabled=ctx.is_main):
         workers, threads = choose_workers_and_threads(cfg, ctx)
+        dataset = build.dataset_from(cfg.data)  # draws from no global RNG; first, so bad data stops at once
+        build.check_captions(dataset, cfg.losses, cfg.student, cfg.teacher)
         torch.manual_seed(cfg.train.seed)  # every rank builds the same initial student and heads
         parts = build_parts(cfg, ctx)
         restored = checkpoint.restore_run(cfg.train.resume, out_dir / "checkpoints", parts.distiller,
@@ -72,7 +74,6 @@ def run(cfg: config_lib.Config, out_dir: str | Path, overwrite: bool = False) ->
         tally = BadDataTally.from_state(restored.bad_data if restored else {"counts": {}, "good": 0},
                                         cfg.data.max_bad_fraction, device=ctx.device)
         nonfinite = NonFiniteSkips(cfg.train.skip_nonfinite, skipped=restored.skipped_nonfinite if restored else 0)
-        dataset = build.dataset_from(cfg.data)
         if hasattr(dataset, "bad"):  # rows a CSV dropped while being read: counted, judged against its size
             tally.add_listed(dataset.bad, usable=len(dataset))
         batches = build_batches(cfg, dataset, parts, ctx, workers, start_step,
@@ -119,7 +120,7 @@ def build_parts(cfg: config_lib.Config, ctx) -> Parts:
     """The student, where its teacher's embeddings come from, the objective, DDP and the optimizer."""
     targets = build.targets_from(cfg.teacher, build.augmentation_from(cfg.data), ctx.device) \
         if needs_teacher(cfg.losses) else None
-    student = build.student_from(cfg.student)
+    student = build.student_from(cfg.student, teacher=build.tower_teacher(cfg.student, cfg.teacher, targets, ctx.device))
     local_loss = build.local_loss_from(cfg.train, ctx.world_size)
     objective = build.objective_from(cfg.losses, student, targets, local_loss=local_loss)
     if objective.student_patch_dropout:  # mfd: the student's image tower trains on a share of its patches
@@ -227,7 +228,8 @@ def save(out_dir: Path, cfg: config_lib.Config, step: int, parts: Parts, tally: 
     if ctx.is_main:
         checkpoint.save_run(out_dir / "checkpoints", step=step, distiller=parts.distiller, optimizer=parts.optimizer,
                             bad_data=tally.state(), skipped_nonfinite=nonfinite.skipped, data=data_state,
-                            config=config_lib.to_dict(cfg), keep=cfg.train.keep_checkpoints)
+                            config=config_lib.to_dict(cfg), keep=cfg.train.keep_checkpoints,
+                            student_build=parts.student.build_record)
     distributed.barrier()
 
 

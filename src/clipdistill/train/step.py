@@ -36,11 +36,13 @@ class Distiller(nn.Module):
         if getattr(objective, "student_logit_bias", None) is not None:  # a sigmoid task loss (siglip)
             add_logit_bias(student, objective.student_logit_bias)
 
-    def embed(self, images: torch.Tensor, tokens: torch.Tensor) -> Embeddings:
-        """The student's raw embeddings (what every loss receives)."""
+    def embed(self, images: torch.Tensor, tokens: torch.Tensor | None) -> Embeddings:
+        """The student's raw embeddings (what every loss receives); ``tokens`` None (caption-free data):
+        text is ``(B, 0)``, which only image-only losses accept."""
+        image = self.student.encode_image(images, normalize=False)
         return Embeddings(
-            image=self.student.encode_image(images, normalize=False),
-            text=self.student.encode_text(tokens, normalize=False),
+            image=image,
+            text=self.student.encode_text(tokens, normalize=False) if tokens is not None else image[:, :0],
             logit_scale=self.student.logit_scale.exp(),
             logit_bias=getattr(self.student, "logit_bias", None),
         )
@@ -137,7 +139,8 @@ def accumulate_gradients(model: nn.Module, images: torch.Tensor, tokens: torch.T
         total.backward()
         return total.detach(), terms
     distiller = _unwrap(model)
-    image_chunks, token_chunks = images.chunk(accum_steps), tokens.chunk(accum_steps)
+    image_chunks = images.chunk(accum_steps)
+    token_chunks = tokens.chunk(accum_steps) if tokens is not None else [None] * len(image_chunks)
     context, rng_states = [], []
     with torch.no_grad(), autocast(device, precision):
         for i, t in zip(image_chunks, token_chunks):
@@ -182,7 +185,7 @@ def train_step(model: nn.Module, batch: dict, teacher_embeddings: Embeddings | N
     Returns (total loss, {term: value}).
     """
     images = batch["student_image"].to(device, non_blocking=True)
-    tokens = batch["student_text"].to(device, non_blocking=True)
+    tokens = batch["student_text"].to(device, non_blocking=True) if "student_text" in batch else None  # caption-free
     optimizer.zero_grad(set_to_none=True)
     total, terms = accumulate_gradients(model, images, tokens, teacher_embeddings, accum_steps=accum_steps,
                                         device=device, precision=precision, step=step)
