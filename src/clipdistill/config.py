@@ -226,8 +226,12 @@ def _teacher_list(config: Config) -> list[TeacherConfig] | None:
         raise ConfigError("config key 'teachers' is an empty list: name at least one teacher, or use 'teacher:'")
     if config.teacher != TeacherConfig():
         raise ConfigError("config has both 'teacher' and 'teachers': put every teacher in the 'teachers' list")
-    return [item if isinstance(item, TeacherConfig) else _build(TeacherConfig, item, f"teachers[{i}].")
-            for i, item in enumerate(config.teachers)]
+    teachers = [item if isinstance(item, TeacherConfig) else _build(TeacherConfig, item, f"teachers[{i}].")
+                for i, item in enumerate(config.teachers)]
+    unnamed = next((i for i, teacher in enumerate(teachers) if teacher.source == "none"), None)
+    if unnamed is not None:
+        raise ConfigError(f"teachers[{unnamed}].source is 'none': every teacher of an ensemble needs a source")
+    return teachers
 
 
 def _check_teacher_weights(config: Config) -> None:

@@ -52,8 +52,9 @@ def refuse_unshared_views(caches: list[tuple[int, TeacherCache]]) -> None:
     """An ensemble's caches must hold the same samples and the same stored views, or the student (which sees
     the replayed crop) would not see the crop every teacher saw: one line naming the first mismatch.
 
-    ``caches``: (teacher index, cache) pairs. Compared: the keys, how the views were drawn (count, scale,
-    ratio, flips, seed, sampler) and the stored view parameters themselves (20 bytes a view, read once).
+    ``caches``: (teacher index, cache) pairs. Compared: the keys, the data's description (its path aside),
+    how the views were drawn (count, scale, ratio, flips, seed, sampler) and the stored view parameters
+    themselves (20 bytes a view, read once).
     """
     (first, reference), others = caches[0], caches[1:]
     for index, cache in others:
@@ -62,17 +63,22 @@ def refuse_unshared_views(caches: list[tuple[int, TeacherCache]]) -> None:
         if len(keys) != len(reference_keys) or not np.array_equal(keys, reference_keys):
             raise UserError(f"{where} hold different samples (first differing key: "
                             f"'{_first_difference(keys, reference_keys)}'): build every cache over the same data")
-        drawn, reference_drawn = cache.manifest["augmentation"], reference.manifest["augmentation"]
-        field = next((k for k in sorted({*drawn, *reference_drawn}) if drawn.get(k) != reference_drawn.get(k)), None)
-        if field is not None:
-            raise UserError(f"{where} stored views drawn differently (augmentation.{field}: {drawn.get(field)!r} vs "
-                            f"{reference_drawn.get(field)!r}): build them with the same cache.views, cache.seed and data "
-                            f"settings")
-        rows, reference_rows = (torch.from_numpy(np.asarray(c.index.sorted_rows)) for c in (cache, reference))
+        for section in ("dataset", "augmentation"):
+            field = _first_different_field(cache.manifest[section], reference.manifest[section])
+            if field is not None:
+                raise UserError(f"{where} were built differently ({section}.{field}: "
+                                f"{cache.manifest[section].get(field)!r} vs {reference.manifest[section].get(field)!r}): "
+                                f"build every cache from the same data with the same cache.views and cache.seed")
+        rows, reference_rows = (torch.from_numpy(np.array(c.index.sorted_rows)) for c in (cache, reference))
         differs = (cache.view[rows] != reference.view[reference_rows]).flatten(1).any(dim=1)
         if differs.any():
             raise UserError(f"{where} stored different views of sample '{keys[int(differs.nonzero()[0])]}': "
                             f"build them with the same cache.views, cache.seed and data settings")
+
+
+def _first_different_field(found: dict, reference: dict) -> str | None:
+    # The data's path may differ (a copy of the same files); what it holds is compared through keys and views.
+    return next((k for k in sorted({*found, *reference}) if k != "path" and found.get(k) != reference.get(k)), None)
 
 
 def _first_difference(keys: np.ndarray, reference: np.ndarray) -> str:
