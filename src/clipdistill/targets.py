@@ -9,7 +9,9 @@ A *targets* object answers two questions, and the loop asks nothing else about t
 
 ``LiveTeacherTargets`` runs the frozen teacher on the batch; ``CachedTeacherTargets`` reads stored
 embeddings (``clipdistill cache``), embedding live only what the cache lacks in *hybrid* mode.
-Either one is built from a config's ``teacher`` section by :func:`clipdistill.build.targets_from`.
+``EnsembleTargets`` serves every teacher of a run (one per ``teachers:`` entry, or the one ``teacher:``)
+through the same two questions, each member with its own batch keys (:class:`BatchKeys`); its targets
+are a :class:`~clipdistill.ensemble.TeacherEnsemble`. :func:`clipdistill.build.targets_from` builds it.
 """
 from __future__ import annotations
 
