@@ -374,7 +374,7 @@ def configurations(s: dict, work: Path, csv: Path, teacher_file: Path, compile_m
                    skipped: dict) -> dict:
     """name -> a function that runs that configuration once and returns its timing()."""
     def ours(kind, name, mode=None):
-        cache = teacher_caches(work, s["teachers"]) if kind.startswith("cached_kd") else None
+        cache = teacher_caches(work, s.get("teachers", 1)) if kind.startswith("cached_kd") else None
         return lambda: run_ours(our_config(s, csv, teacher_file, kind, cache, mode), work / name, s["warmup"])
 
     runs = {"plain": ours("plain", "plain"), "online_kd": ours("online_kd", "online"),
@@ -383,7 +383,7 @@ def configurations(s: dict, work: Path, csv: Path, teacher_file: Path, compile_m
             "open_clip_distill": lambda: run_open_clip(s, csv, work / "oc", "distill", teacher_file)}
     if s["device"] == "cpu":
         runs[BF16_TEACHER] = ours(BF16_TEACHER, "online_bf16")
-    for n in range(2, s["teachers"] + 1):
+    for n in range(2, s.get("teachers", 1) + 1):
         runs[f"cached_kd_{n}t"] = ours(f"cached_kd_{n}t", f"cached_{n}t")
     if compile_mode:
         unsupported = compile_support(compile_mode)
@@ -407,7 +407,7 @@ def measure(s: dict, work: Path, compile_mode: str | None = None, partial: Path 
     teacher_file = write_teacher_weights(s["teacher"], work / "teacher.pt")
     bytes_per_sample, cache_seconds = build_cache(s, csv, teacher_file, work / "cache")
     per_teacher = [bytes_per_sample]
-    for k, cache in enumerate(teacher_caches(work, s["teachers"])[1:], start=2):  # the ensemble's other teachers
+    for k, cache in enumerate(teacher_caches(work, s.get("teachers", 1))[1:], start=2):  # the ensemble's other teachers
         per_teacher.append(build_cache(s, csv, write_teacher_weights(s["teacher"], work / f"teacher{k}.pt", seed=k),
                                        cache)[0])
     skipped: dict[str, str] = {}
