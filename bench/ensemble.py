@@ -97,7 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--teacher-steps", type=int, default=400)
-    parser.add_argument("--resnet-teacher-steps", type=int, default=0, help="the ResNet teacher's (default: --teacher-steps)")
+    parser.add_argument("--resnet-teacher-steps", type=int, default=0,
+                        help="the ResNet teacher's steps (default: --teacher-steps)")
     parser.add_argument("--student-steps", type=int, default=300)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated student seeds")
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated: vit, resnet, ensemble")

@@ -159,7 +159,8 @@ def build_objective(specs: dict[str, dict], student_dim: int, teacher_dim: int |
         kwargs = dict(spec)
         weights[name] = float(kwargs.pop("weight", 1.0))
         cls = resolve(name)
-        if len(teacher_dims) == 1 or not getattr(cls, "needs_teacher", True) or getattr(cls, "one_for_all_teachers", False):
+        shared = not getattr(cls, "needs_teacher", True) or getattr(cls, "one_for_all_teachers", False)
+        if len(teacher_dims) == 1 or shared:
             terms[name] = _built(name, kwargs, student_dim, teacher_dims[0])
         else:
             terms[name] = PerTeacher([_built(name, kwargs, student_dim, dim) for dim in teacher_dims])
