@@ -11,6 +11,11 @@ crd + fd + icl, bench/ablation.py's METHODS["clipkd"]) is distilled from the ViT
 and both (``teachers:``, weight 1 each), for each seed. Writes ``DIR/ensemble.json`` (every run's
 retrieval recalls) and ``DIR/ensemble.md`` (mean ± sd of the mean recall over seeds). A rerun reuses
 every finished teacher, cache and student.
+
+    python bench/ensemble.py --loss-cost [--batch 64]
+
+times what more teachers add to a step's loss: the objective (clipkd recipe) forward and backward on
+given embeddings, tiny widths (student 64, teachers 96), with 1, 2 and 3 teachers, interleaved rounds.
 """
 from __future__ import annotations
 
@@ -93,9 +98,36 @@ def summary(table: dict, teachers: dict) -> str:
     return "\n".join(lines)
 
 
+def loss_cost(batch: int, rounds: int = 60, teachers=(1, 2, 3)) -> dict:
+    """Median ms of the clipkd objective's forward + backward with 1, 2, 3 teachers (interleaved rounds, so
+    a change in the machine's load hits every count alike)."""
+    import torch
+    import torch.nn.functional as F
+
+    from clipdistill.embeddings import Embeddings
+    from clipdistill.ensemble import TeacherEnsemble
+    from clipdistill.losses.objective import build_objective
+
+    torch.manual_seed(0)
+    objectives = {n: build_objective(METHODS["clipkd"], student_dim=64, teacher_dim=[96] * n) for n in teachers}
+    unit = lambda: F.normalize(torch.randn(batch, 96), dim=-1)  # noqa: E731
+    ensembles = {n: TeacherEnsemble.weighted([Embeddings(unit(), unit(), torch.tensor(50.0), normalized=True)
+                                              for _ in range(n)], [1.0] * n) for n in teachers}
+    times: dict = {n: [] for n in teachers}
+    for _ in range(rounds):
+        for n in teachers:
+            image = torch.randn(batch, 64, requires_grad=True)
+            text = torch.randn(batch, 64, requires_grad=True)
+            student = Embeddings(image, text, torch.tensor(14.3, requires_grad=True))
+            started = time.perf_counter()
+            objectives[n](student, ensembles[n])[0].backward()
+            times[n].append(1e3 * (time.perf_counter() - started))
+    return {n: statistics.median(values) for n, values in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", help="run directory (required unless --loss-cost)")
     parser.add_argument("--teacher-steps", type=int, default=400)
     parser.add_argument("--resnet-teacher-steps", type=int, default=0,
                         help="the ResNet teacher's steps (default: --teacher-steps)")
@@ -103,7 +135,15 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated student seeds")
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated: vit, resnet, ensemble")
     parser.add_argument("--student-batch", type=int, default=128, help="the students' batch size")
+    parser.add_argument("--loss-cost", action="store_true", help="only time the objective with 1, 2, 3 teachers")
+    parser.add_argument("--batch", type=int, default=64, help="--loss-cost's batch")
     args = parser.parse_args()
+    if args.loss_cost:
+        costs = loss_cost(args.batch)
+        print("\n".join(f"{n} teacher(s): {ms:.2f} ms per forward + backward" for n, ms in costs.items()))
+        return
+    if not args.out:
+        parser.error("--out is required")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("clipdistill").setLevel(logging.INFO)
     out = Path(args.out)

@@ -35,3 +35,8 @@ def test_ensemble_bench_arms_and_summary():
     table = {"vit": {0: {"retrieval_mean_recall": 50.0}, 1: {"retrieval_mean_recall": 52.0}}}
     text = bench.summary(table, {"vit": {"metrics": {"retrieval_mean_recall": 0.66}}})
     assert "| teacher vit | 66.0 | |" in text and "| student from vit | **51.00 ± 1.41** | 50.0, 52.0 |" in text
+
+
+def test_loss_cost_times_the_objective_for_each_teacher_count():
+    costs = load_bench_script("ensemble").loss_cost(batch=8, rounds=2)
+    assert set(costs) == {1, 2, 3} and all(ms > 0 for ms in costs.values())
