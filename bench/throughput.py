@@ -23,6 +23,11 @@ come from our metrics.jsonl (log_every=1) and from open_clip's own log (``--log-
 ``time.process_time``; DataLoader workers are other processes) between consecutive logged steps, median
 after warm-up, read by a hook on each trainer's per-step logging.
 
+``--teachers N`` adds ``cached_kd_2t`` ... ``cached_kd_Nt``: the same KD recipe from an ensemble of 2 ... N
+cached teachers (``teachers:``; tiny teachers of other random weights, one ``clipdistill cache`` each over
+the same data and views), with their ratios to ``plain`` and to ``cached_kd`` (one cached teacher) and
+each cache's bytes per sample (``cache_bytes_per_sample_per_teacher``). ``--configs`` runs a subset.
+
 ``--compile`` adds ``plain_compiled`` and ``cached_kd_compiled`` (our loop with the config override
 ``train.compile=student``, or ``--compile-mode all``) and ``open_clip_plain_compiled`` (open_clip_train
 ``--torchcompile``). Compile time does not count in samples/s (it falls in the warm-up steps);
@@ -81,7 +86,8 @@ RATIOS = (("cached_kd", "plain"), ("plain", "open_clip_plain"), ("online_kd", "o
           ("online_kd", "plain"), (BF16_TEACHER, "open_clip_distill"),
           ("cached_kd_compiled", "open_clip_plain_compiled"), ("plain_compiled", "open_clip_plain_compiled"),
           ("plain_compiled", "plain"), ("cached_kd_compiled", "cached_kd"),
-          ("open_clip_plain_compiled", "open_clip_plain"), ("cached_kd_compiled", "plain_compiled"))
+          ("open_clip_plain_compiled", "open_clip_plain"), ("cached_kd_compiled", "plain_compiled"),
+          *((f"cached_kd_{n}t", base) for n in range(2, 9) for base in ("plain", "cached_kd")))
 TARGETS = {"cpu": {"cached_kd/plain": 0.97, "cached_kd_compiled/open_clip_plain_compiled": 1.0},
            "cuda": {"cached_kd/plain": 0.95, "online_kd/open_clip_distill": 1.25,
                     "cached_kd_compiled/open_clip_plain_compiled": 1.0}}
@@ -105,9 +111,9 @@ def write_csv_dataset(directory: Path, num_samples: int, image_px: int) -> Path:
     return csv
 
 
-def write_teacher_weights(model: str, path: Path) -> Path:
+def write_teacher_weights(model: str, path: Path, seed: int = 0) -> Path:
     """Random teacher weights in a file: open_clip's --distill-pretrained needs one, our checkpoint source too."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     teacher = load_teacher("openclip", model=model)
     torch.save(teacher.encoder.state_dict(), path)
     return path
@@ -150,16 +156,26 @@ def timing(step_seconds: list[float], clock: StepClock, batch: int, warmup: int)
 
 # ----------------------------------------------------------------------------- our loop
 
-def our_config(s: dict, csv: Path, teacher_file: Path, kind: str, cache_dir: Path | None,
+def ensemble_size(kind: str) -> int:
+    """How many cached teachers a ``cached_kd_{N}t`` configuration distills from (1 for any other)."""
+    match = re.fullmatch(r"cached_kd_(\d+)t", kind)
+    return int(match.group(1)) if match else 1
+
+
+def our_config(s: dict, csv: Path, teacher_file: Path, kind: str, cache_dir: Path | list[Path] | None,
                compile_mode: str | None = None) -> config_lib.Config:
+    """``cache_dir``: the cache of cached_kd, or every teacher's cache (the first N serve cached_kd_{N}t)."""
+    caches = cache_dir if isinstance(cache_dir, list) else [cache_dir]
     teacher = {"source": "none"}
     if kind in ("online_kd", BF16_TEACHER):
         precision = "bf16" if kind == BF16_TEACHER else s["precision"]
         teacher = {"source": "checkpoint", "model": s["teacher"], "path": str(teacher_file), "precision": precision}
     if kind == "cached_kd":
-        teacher = {"source": "cache", "path": str(cache_dir)}
+        teacher = {"source": "cache", "path": str(caches[0])}
+    teachers = {"teachers": [{"source": "cache", "path": str(c)} for c in caches[:ensemble_size(kind)]]} \
+        if ensemble_size(kind) > 1 else {"teacher": teacher}
     data = {
-        "student": {"model": s["student"]}, "teacher": teacher,
+        "student": {"model": s["student"]}, **teachers,
         "data": {"kind": "csv", "path": str(csv), "workers": s["workers"]},
         "losses": {"clip": {"weight": 1.0}} if kind == "plain" else KD_LOSSES,
         "optim": {"warmup_steps": 2},
@@ -349,11 +365,16 @@ def build_cache(s: dict, csv: Path, teacher_file: Path, out: Path) -> tuple[floa
     return size / manifest["count"], seconds
 
 
+def teacher_caches(work: Path, teachers: int) -> list[Path]:
+    """Each teacher's cache directory: teacher 1's is cached_kd's."""
+    return [work / "cache"] + [work / f"cache{k}" for k in range(2, teachers + 1)]
+
+
 def configurations(s: dict, work: Path, csv: Path, teacher_file: Path, compile_mode: str | None,
                    skipped: dict) -> dict:
     """name -> a function that runs that configuration once and returns its timing()."""
     def ours(kind, name, mode=None):
-        cache = work / "cache" if kind == "cached_kd" else None
+        cache = teacher_caches(work, s.get("teachers", 1)) if kind.startswith("cached_kd") else None
         return lambda: run_ours(our_config(s, csv, teacher_file, kind, cache, mode), work / name, s["warmup"])
 
     runs = {"plain": ours("plain", "plain"), "online_kd": ours("online_kd", "online"),
@@ -362,6 +383,8 @@ def configurations(s: dict, work: Path, csv: Path, teacher_file: Path, compile_m
             "open_clip_distill": lambda: run_open_clip(s, csv, work / "oc", "distill", teacher_file)}
     if s["device"] == "cpu":
         runs[BF16_TEACHER] = ours(BF16_TEACHER, "online_bf16")
+    for n in range(2, s.get("teachers", 1) + 1):
+        runs[f"cached_kd_{n}t"] = ours(f"cached_kd_{n}t", f"cached_{n}t")
     if compile_mode:
         unsupported = compile_support(compile_mode)
         if unsupported:
@@ -372,7 +395,10 @@ def configurations(s: dict, work: Path, csv: Path, teacher_file: Path, compile_m
             runs["cached_kd_compiled"] = ours("cached_kd", "cached_compiled", compile_mode)
         runs["open_clip_plain_compiled"] = lambda: run_open_clip(s, csv, work / "oc", "plain_compiled", None,
                                                                  compile_model=True)
-    return runs
+    unknown = [name for name in s.get("configs") or [] if name not in runs]
+    if unknown:
+        raise SystemExit(f"unknown configuration '{unknown[0]}' (here: {', '.join(runs)})")
+    return {name: run for name, run in runs.items() if not s.get("configs") or name in s["configs"]}
 
 
 def measure(s: dict, work: Path, compile_mode: str | None = None, partial: Path | None = None) -> dict:
@@ -380,6 +406,10 @@ def measure(s: dict, work: Path, compile_mode: str | None = None, partial: Path 
     csv = write_csv_dataset(work / "data", s["batch"] * s["steps"], s["image_px"])
     teacher_file = write_teacher_weights(s["teacher"], work / "teacher.pt")
     bytes_per_sample, cache_seconds = build_cache(s, csv, teacher_file, work / "cache")
+    per_teacher = [bytes_per_sample]
+    for k, cache in enumerate(teacher_caches(work, s.get("teachers", 1))[1:], start=2):  # the ensemble's other teachers
+        per_teacher.append(build_cache(s, csv, write_teacher_weights(s["teacher"], work / f"teacher{k}.pt", seed=k),
+                                       cache)[0])
     skipped: dict[str, str] = {}
     runs = configurations(s, work, csv, teacher_file, compile_mode, skipped)
     figures = {name: [] for name in runs}
@@ -414,7 +444,8 @@ def measure(s: dict, work: Path, compile_mode: str | None = None, partial: Path 
     reported = {name: [f["reported"] for f in values] for name, values in figures.items() if values[0].get("reported")}
     if reported:
         result["compile_reported_by_trainer"] = reported
-    result.update(cache_bytes_per_sample=bytes_per_sample, cache_build_seconds=cache_seconds,
+    result.update(cache_bytes_per_sample=bytes_per_sample, cache_bytes_per_sample_per_teacher=per_teacher,
+                  cache_build_seconds=cache_seconds,
                   cache_samples=s["batch"] * s["steps"], per_round=per_round,
                   order=[rotated(list(runs), r) for r in range(s["repeats"])], skipped=skipped, failed=failed)
     return result
@@ -443,7 +474,7 @@ def plot(result: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3.4))
-    names = [name for name in (*NAMES, BF16_TEACHER, *COMPILED) if name in result]
+    names = [name for name in (*NAMES, BF16_TEACHER, *COMPILED, *ensemble_names(result)) if name in result]
     colors = ["#4c72b0", "#dd8452", "#55a868", "#8c8c8c", "#b0b0b0", "#c44e52", "#2a4a80", "#2f7a45", "#5a5a5a"]
     bars = ax.bar(names, [result[name] for name in names], color=colors[:len(names)])
     ax.bar_label(bars, fmt="%.0f")
@@ -453,6 +484,10 @@ def plot(result: dict, path: Path, title: str) -> None:
     ax.tick_params(axis="x", labelsize=7, rotation=20)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def ensemble_names(result: dict) -> list[str]:
+    return sorted((name for name in result if ensemble_size(name) > 1), key=ensemble_size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -474,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher", help="teacher preset or open_clip architecture (quick: tiny-teacher)")
     parser.add_argument("--batch", type=int, help="batch size of every configuration (quick: 64, GPU: 256)")
     parser.add_argument("--workers", type=int, help="DataLoader workers of every configuration (quick: 1)")
+    parser.add_argument("--teachers", type=int, default=1, help="also distill from ensembles of 2 .. N cached "
+                        "teachers (rows cached_kd_2t .. cached_kd_Nt; at most 8)")
+    parser.add_argument("--configs", help="comma-separated configurations to run (default: all), e.g. "
+                        "plain,cached_kd,cached_kd_2t,cached_kd_3t")
     parser.add_argument("--threads", type=int, help="torch intra-op threads of the training process (quick "
                         "default: CPU cores minus workers, so loading and compute do not fight over cores; "
                         "GPU default: torch's)")
@@ -485,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     if settings["repeats"] < 1 or settings["workers"] < 0 or settings["batch"] < 1 or \
             (args.threads is not None and args.threads < 1):
         parser.error("--repeats, --batch and --threads must be at least 1, --workers at least 0")
+    settings.update(teachers=args.teachers, configs=args.configs.split(",") if args.configs else None)
+    if not 1 <= args.teachers <= 8:
+        parser.error("--teachers must be between 1 and 8")
     if settings["steps"] <= settings["warmup"]:
         parser.error(f"--steps must exceed the {settings['warmup']} warm-up steps that are not timed")
     threads = args.threads
@@ -520,9 +562,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot(result, Path(args.plot), f"{settings['student']} student, {settings['teacher']} teacher, batch "
                                       f"{settings['batch']}, {settings['device']}")
-    summary = ("cpu_ms_per_step", "compile_seconds", "cache_bytes_per_sample", "ratios", "targets", "skipped", "failed",
-               "seconds")
-    print(json.dumps({k: result[k] for k in (*NAMES, BF16_TEACHER, *COMPILED, *summary) if k in result}, indent=2))
+    summary = ("cpu_ms_per_step", "compile_seconds", "cache_bytes_per_sample", "cache_bytes_per_sample_per_teacher",
+               "ratios", "targets", "skipped", "failed", "seconds")
+    shown = (*NAMES, BF16_TEACHER, *COMPILED, *ensemble_names(result), *summary)
+    print(json.dumps({k: result[k] for k in shown if k in result}, indent=2))
     return 0
 
 

@@ -46,7 +46,7 @@ def test_unknown_section_lists_the_sections(capsys):
     assert cli.main(["config", "dataa"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("clipdistill config: error: no config section 'dataa' "
-                   "(sections: student, teacher, data, losses, optim, train, eval, cache)")
+                   "(sections: student, teacher, data, losses, optim, train, eval, cache, teachers)")
 
 
 @pytest.mark.parametrize("command", ["train", "cache"])

@@ -57,3 +57,28 @@ def make_model(specs, local_loss=False, seed=0):
     return Distiller(ToyStudent(), build_objective(specs, student_dim=D_S, teacher_dim=D_T, local_loss=local_loss))
 
 
+
+
+# Two teachers of different widths and scales (an ensemble): the second's embeddings are D_T2 wide.
+D_T2 = 7
+ENSEMBLE_WEIGHTS = (2.0, 1.0)
+# Every loss that takes a teacher, and the recipes, each with the two teachers.
+ENSEMBLE_CASES = {name: specs for name, specs in CASES.items()
+                  if losses.needs_teacher(specs) and name not in ("cid_cluster", "cid_cluster_partial_fc", "clipcid")}
+ENSEMBLE_CASES["clipcid"] = {"clip": {"weight": 1.0}, "cid_instance": {"weight": 1.0}}
+
+
+def make_ensemble_inputs():
+    from clipdistill.ensemble import TeacherEnsemble
+
+    images, tokens, first = make_inputs()
+    g = torch.Generator().manual_seed(321)
+    second = Embeddings(F.normalize(torch.randn(N, D_T2, generator=g), dim=-1),
+                        F.normalize(torch.randn(N, D_T2, generator=g), dim=-1), torch.tensor(20.0), normalized=True)
+    return images, tokens, TeacherEnsemble.weighted([first, second], ENSEMBLE_WEIGHTS)
+
+
+def make_ensemble_model(specs, local_loss=False, seed=0):
+    torch.manual_seed(seed)
+    return Distiller(ToyStudent(), build_objective(specs, student_dim=D_S, teacher_dim=[D_T, D_T2],
+                                                   local_loss=local_loss))

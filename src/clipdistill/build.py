@@ -17,7 +17,7 @@ from clipdistill.losses.registry import names as loss_names
 from clipdistill.losses.registry import resolve as resolve_loss
 from clipdistill.models import Student, Teacher, build_student, load_teacher
 from clipdistill.models.towers import reused_tower, student_with_teacher_tower
-from clipdistill.targets import LiveTeacherTargets
+from clipdistill.targets import BatchKeys, EnsembleTargets, LiveTeacherTargets
 
 TEACHER_SOURCES = ("none", "openclip", "checkpoint", "hf", "cache")
 
@@ -93,24 +93,37 @@ def teacher_from(teacher: config_lib.TeacherConfig, device: torch.device | str) 
                         device=str(device), precision=teacher.precision, preprocess=teacher.preprocess)
 
 
-def targets_from(teacher: config_lib.TeacherConfig, augmentation: Augmentation, device: torch.device):
-    """Where this run's teacher embeddings come from: a live teacher, or a cache (strict or hybrid)."""
+def targets_from(teachers: list[config_lib.TeacherConfig] | config_lib.TeacherConfig, augmentation: Augmentation,
+                 device: torch.device) -> EnsembleTargets | None:
+    """Where this run's teacher embeddings come from: each teacher live or from a cache (strict or hybrid),
+    all behind one :class:`~clipdistill.targets.EnsembleTargets` (one teacher: an ensemble of one).
+    ``teachers``: :func:`clipdistill.config.teacher_sections` of the run's config (or one section)."""
+    teachers = teachers if isinstance(teachers, list) else [teachers]
+    named = [teacher.source != "none" for teacher in teachers]
+    if not any(named):
+        return None
+    if not all(named):
+        raise UserError(f"teachers[{named.index(False)}].source is 'none': every teacher of an ensemble needs a source")
+    members = [_single_targets(teacher, augmentation, device, BatchKeys.of_member(k)) for k, teacher in enumerate(teachers)]
+    return EnsembleTargets(members, weights=[t.weight for t in teachers], temperatures=[t.temperature for t in teachers])
+
+
+def _single_targets(teacher: config_lib.TeacherConfig, augmentation: Augmentation, device: torch.device,
+                    keys: BatchKeys):
     if teacher.source not in TEACHER_SOURCES:
         raise UserError(f"unknown teacher.source '{teacher.source}' (choose from {', '.join(TEACHER_SOURCES)})")
-    if teacher.source == "none":
-        return None
     if teacher.source == "cache":
         from clipdistill.cache.training import open_for_training
 
         return open_for_training(teacher.path, mode=teacher.cache_mode, model=teacher.model,
                                  pretrained=teacher.pretrained, augmentation=augmentation, device=str(device),
-                                 precision=teacher.precision)
-    return LiveTeacherTargets(teacher_from(teacher, device), device)
+                                 precision=teacher.precision, keys=keys)
+    return LiveTeacherTargets(teacher_from(teacher, device), device, keys)
 
 
 def objective_from(losses: dict, student: Student, targets, local_loss: bool) -> Objective:
     return build_objective(losses, student_dim=student.embed_dim,
-                           teacher_dim=targets.dim if targets is not None else None, local_loss=local_loss)
+                           teacher_dim=targets.dims if targets is not None else None, local_loss=local_loss)
 
 
 def local_loss_from(train: config_lib.TrainConfig, world_size: int) -> bool:

@@ -49,6 +49,10 @@ class TeacherConfig:
     # source=cache (path: a `clipdistill cache` directory): strict = a sample missing from the cache is an
     # error; hybrid = missing samples are embedded live by the teacher the manifest names.
     cache_mode: str = "strict"
+    # in an ensemble (teachers:): this teacher's share of every distillation term (normalized over the teachers)
+    weight: float = 1.0
+    # its softmax scale τ, multiplying its cosines (τ·t_v·t_tᵀ) wherever a loss reads its logit scale; null = its own
+    temperature: Union[float, None] = None
 
 
 @dataclass
@@ -146,6 +150,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    # Several teachers (an ensemble): a list of sections like ``teacher:``; instead of ``teacher:``, never with it.
+    teachers: Union[list, None] = None
+
+
+def teacher_sections(config: Config) -> list[TeacherConfig]:
+    """The run's teachers: ``teachers:``, or ``teacher:`` as a list of one."""
+    return list(config.teachers) if config.teachers is not None else [config.teacher]
 
 
 # ----------------------------------------------------------------------------------------- parsing
@@ -181,7 +192,7 @@ def _yaml_float(value):
 
 def _build(cls, data: dict, prefix: str):
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -211,12 +222,41 @@ def _check_losses(losses: dict) -> None:
             raise ConfigError(f"config key 'losses.{name}.weight' expects float, got {weight!r}")
 
 
+def _teacher_list(config: Config) -> list[TeacherConfig] | None:
+    """``teachers:`` as TeacherConfigs, refused when empty or beside a ``teacher:`` section."""
+    if config.teachers is None:
+        return None
+    if not config.teachers:
+        raise ConfigError("config key 'teachers' is an empty list: name at least one teacher, or use 'teacher:'")
+    if config.teacher != TeacherConfig():
+        raise ConfigError("config has both 'teacher' and 'teachers': put every teacher in the 'teachers' list")
+    teachers = [item if isinstance(item, TeacherConfig) else _build(TeacherConfig, item, f"teachers[{i}].")
+                for i, item in enumerate(config.teachers)]
+    unnamed = next((i for i, teacher in enumerate(teachers) if teacher.source == "none"), None)
+    if unnamed is not None:
+        raise ConfigError(f"teachers[{unnamed}].source is 'none': every teacher of an ensemble needs a source")
+    return teachers
+
+
+def _check_teacher_weights(config: Config) -> None:
+    for i, teacher in enumerate(teacher_sections(config)):
+        if teacher.weight <= 0 or (teacher.temperature is not None and teacher.temperature <= 0):
+            where = f"teachers[{i}]" if config.teachers is not None else "teacher"
+            raise ConfigError(f"config key '{where}': weight and temperature must be > 0, "
+                              f"got {teacher.weight} and {teacher.temperature}")
+
+
 def from_dict(data: dict) -> Config:
     """Validate a plain dict against the schema."""
-    config = _build(Config, data or {}, "")
+    data = dict(data or {})
+    if "teacher" in data and data["teacher"] is None:  # `teacher: null` drops a base file's teacher (for `teachers:`)
+        del data["teacher"]
+    config = _build(Config, data, "")
     # `losses.NAME=null` on the command line removes a term that the YAML file enabled.
     config.losses = {name: spec for name, spec in config.losses.items() if spec is not None}
     _check_losses(config.losses)
+    config.teachers = _teacher_list(config)
+    _check_teacher_weights(config)
     workers = config.data.workers
     if workers != "auto" and not (isinstance(workers, int) and workers >= 0):
         raise ConfigError(f"config key 'data.workers' expects auto or a number >= 0, got {workers!r}")

@@ -49,7 +49,16 @@ def _yaml_value(value) -> str:
     return text.removesuffix("...").strip()  # a plain scalar is dumped as a document: "auto\n..."
 
 
+# Commented out, so that the listing stays loadable as the defaults (teacher: and teachers: exclude each other).
+TEACHERS_EXAMPLE = """teachers: null  # several teachers (an ensemble) instead of teacher:, each a section with teacher:'s keys, e.g.
+#  - {source: cache, path: CACHE_OF_TEACHER_1, weight: 1.0}
+#  - {source: checkpoint, model: ARCH, path: TEACHER_2.pt, weight: 1.0, temperature: 50.0}
+"""
+
+
 def section_text(name: str, value) -> str:
+    if name == "teachers":
+        return TEACHERS_EXAMPLE
     if not dataclasses.is_dataclass(value):  # losses: a free mapping of loss name -> weight and options
         from clipdistill.losses import names
 

@@ -9,7 +9,9 @@ A *targets* object answers two questions, and the loop asks nothing else about t
 
 ``LiveTeacherTargets`` runs the frozen teacher on the batch; ``CachedTeacherTargets`` reads stored
 embeddings (``clipdistill cache``), embedding live only what the cache lacks in *hybrid* mode.
-Either one is built from a config's ``teacher`` section by :func:`clipdistill.build.targets_from`.
+``EnsembleTargets`` serves every teacher of a run (one per ``teachers:`` entry, or the one ``teacher:``)
+through the same two questions, each member with its own batch keys (:class:`BatchKeys`); its targets
+are a :class:`~clipdistill.ensemble.TeacherEnsemble`. :func:`clipdistill.build.targets_from` builds it.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from clipdistill.embeddings import Embeddings
+from clipdistill.ensemble import TeacherEnsemble
 from clipdistill.errors import UserError
 
 log = logging.getLogger("clipdistill.train")
@@ -43,12 +46,30 @@ class LoaderNeeds:
     batch_extras: Callable[[dict], dict] | None = None
 
 
-class LiveTeacherTargets:
-    """Run the teacher on the batch's own rendering of the shared view (``teacher_image``)."""
+@dataclass(frozen=True)
+class BatchKeys:
+    """Where one teacher's inputs travel in a batch: its rendering of the crop, its tokens, its gathered cache rows.
 
-    def __init__(self, teacher, device: torch.device):
+    The one teacher of a run uses the plain names; teacher ``k`` > 0 of an ensemble ``teacher{k}_...``
+    (:meth:`of_member`), so every teacher gets its own preprocessing and tokenizer in the same batch.
+    """
+
+    image: str = "teacher_image"
+    text: str = "teacher_text"
+    stored: str = "teacher_stored"
+
+    @classmethod
+    def of_member(cls, index: int) -> "BatchKeys":
+        return cls() if index == 0 else cls(f"teacher{index}_image", f"teacher{index}_text", f"teacher{index}_stored")
+
+
+class LiveTeacherTargets:
+    """Run the teacher on the batch's own rendering of the shared view (``teacher_image``, or ``keys.image``)."""
+
+    def __init__(self, teacher, device: torch.device, keys: BatchKeys = BatchKeys()):
         self.teacher = teacher
         self.device = device
+        self.keys = keys
         self._context_reported = False
 
     @property
@@ -61,14 +82,14 @@ class LiveTeacherTargets:
         from clipdistill.models import same_tokenizer
 
         same = same_tokenizer(self.teacher.tokenizer, student.tokenizer)
-        return LoaderNeeds(specs={"teacher_image": self.teacher.image_spec},
-                           tokenizers={"teacher_text": student.tokenizer if same else self.teacher.tokenizer})
+        return LoaderNeeds(specs={self.keys.image: self.teacher.image_spec},
+                           tokenizers={self.keys.text: student.tokenizer if same else self.teacher.tokenizer})
 
     def __call__(self, batch: dict) -> Embeddings:
-        tokens = batch.get("teacher_text")  # absent for caption-free data: image embeddings only
+        tokens = batch.get(self.keys.text)  # absent for caption-free data: image embeddings only
         if not self._context_reported and "caption" in batch and tokens is not None:
             self._report_truncation(batch["caption"])
-        images = batch["teacher_image"].to(self.device, non_blocking=True)
+        images = batch[self.keys.image].to(self.device, non_blocking=True)
         return self.teacher(images, tokens.to(self.device, non_blocking=True) if tokens is not None else None)
 
     def _report_truncation(self, captions: list[str]) -> None:
@@ -89,20 +110,21 @@ class StoredRows:
 
     Given to the loader as ``batch_extras``, it runs inside the DataLoader workers next to image
     decoding, so the training process only moves the result to its device. It returns
-    ``{"teacher_stored": {...}}``: ``rows`` (-1 where a key is not in the cache), ``missing`` (bool),
-    ``image``/``text`` ``(B, D)`` float32 re-normalized (zeros where missing) and ``extras``.
+    ``{"teacher_stored": {...}}`` (``{key: {...}}``): ``rows`` (-1 where a key is not in the cache), ``missing``
+    (bool), ``image``/``text`` ``(B, D)`` float32 re-normalized (zeros where missing) and ``extras``.
     Picklable cheaply: a :class:`~clipdistill.cache.TeacherCache` pickles as its directory.
     """
 
-    def __init__(self, cache):
+    def __init__(self, cache, key: str = "teacher_stored"):
         self.cache = cache
+        self.key = key
 
     def __call__(self, batch: dict) -> dict:
         # As numpy arrays: a worker sends each tensor of a batch through its own shared-memory segment
         # (≈ 0.3 ms apiece to hand over), small arrays travel inside the pickle.
         stored = self.gather(batch["key"], batch["view_index"])
-        return {"teacher_stored": {**{k: _small(v) for k, v in stored.items() if k != "extras"},
-                                   "extras": {k: _small(v) for k, v in stored["extras"].items()}}}
+        return {self.key: {**{k: _small(v) for k, v in stored.items() if k != "extras"},
+                           "extras": {k: _small(v) for k, v in stored["extras"].items()}}}
 
     def gather(self, keys: list[str], view_index: torch.Tensor) -> dict:
         rows = self.cache.rows(keys)
@@ -145,14 +167,16 @@ class CachedTeacherTargets:
             ``logit_scale``, ``extras``).
         device: where the targets go.
         live: a :class:`LiveTeacherTargets` of the cached teacher for *hybrid* mode: samples the cache
-            lacks are embedded live from ``teacher_image``/``teacher_text``. None (strict): they are an error.
+            lacks are embedded live from its ``teacher_image``/``teacher_text``. None (strict): they are an error.
+        keys: its batch keys (``keys.stored``: the gathered rows); a hybrid ``live`` teacher uses the same.
     """
 
-    def __init__(self, cache, device: torch.device, live: LiveTeacherTargets | None = None):
+    def __init__(self, cache, device: torch.device, live: LiveTeacherTargets | None = None,
+                 keys: BatchKeys = BatchKeys()):
         self.cache = cache
         self.device = device
         self.live = live
-        self.stored_rows = StoredRows(cache)
+        self.stored_rows = StoredRows(cache, keys.stored)
 
     @property
     def dim(self) -> int:
@@ -171,7 +195,7 @@ class CachedTeacherTargets:
                            batch_extras=self.stored_rows)
 
     def __call__(self, batch: dict) -> Embeddings:
-        stored = batch.get("teacher_stored") or self.stored_rows.gather(batch["key"], batch["view_index"])
+        stored = batch.get(self.stored_rows.key) or self.stored_rows.gather(batch["key"], batch["view_index"])
         missing, image, text = (torch.as_tensor(stored[k]) for k in ("missing", "image", "text"))
         extras = {k: torch.as_tensor(v) for k, v in stored["extras"].items()}
         if missing.any():
@@ -188,11 +212,77 @@ class CachedTeacherTargets:
                           logit_bias=bias.to(self.device) if bias is not None else None)
 
     def _embed_live(self, batch: dict, missing: torch.Tensor, image, text, extras) -> None:
-        live = self.live({"teacher_image": batch["teacher_image"][missing],
-                          "teacher_text": batch["teacher_text"][missing]})
+        keys = (self.live.keys.image, self.live.keys.text)
+        live = self.live({key: batch[key][missing] for key in keys})
         image[missing], text[missing] = live.image.cpu(), live.text.cpu()  # normalized by the teacher
         # A live row's pseudo-label: its nearest stored centroid (what CID clustering assigns), if any.
         for name, extra in self.cache.extras.items():
             if "centroids" in extra:
                 labels = (F.normalize(live.image.cpu(), dim=-1) @ extra["centroids"].float().T).argmax(dim=1)
                 extras[name][missing] = labels.to(extras[name].dtype)
+
+
+class MergedExtras:
+    """Several teachers' ``batch_extras`` run one after the other on a collated batch (their keys differ)."""
+
+    def __init__(self, extras: list[Callable[[dict], dict]]):
+        self.extras = extras
+
+    def __call__(self, batch: dict) -> dict:
+        return {key: value for extra in self.extras for key, value in extra(batch).items()}
+
+
+class EnsembleTargets:
+    """All of a run's teachers behind the one interface the loop knows; a run with one teacher has one member.
+
+    Each member is a single-teacher targets object (live, cached or hybrid, mixed at will) with its own
+    batch keys (:class:`BatchKeys`): the loader renders the one sampled crop in every teacher's ImageSpec
+    and tokenizes the captions with every teacher's tokenizer. Cached members replay stored views, so
+    they must hold the same keys and the same views (checked at construction:
+    :func:`clipdistill.cache.training.refuse_unshared_views`); a live member then sees the replayed crop
+    too. A batch's targets are a :class:`~clipdistill.ensemble.TeacherEnsemble` whose members carry their
+    ``temperature`` as ``logit_scale`` (None: the teacher's own) and whose weights are normalized.
+
+    Args:
+        members: single-teacher targets objects, built with ``BatchKeys.of_member(k)``.
+        weights: each teacher's share (> 0). temperatures: each teacher's softmax scale, or None.
+    """
+
+    def __init__(self, members: list, weights: list[float], temperatures: list[float | None]):
+        if not members or not len(members) == len(weights) == len(temperatures):
+            raise ValueError("an ensemble needs at least one teacher, and one weight and temperature per teacher")
+        self.members, self.weights, self.temperatures = list(members), list(weights), list(temperatures)
+        caches = [(k, m.cache) for k, m in enumerate(self.members) if getattr(m, "cache", None) is not None]
+        if len(caches) > 1:
+            from clipdistill.cache.training import refuse_unshared_views
+
+            refuse_unshared_views(caches)
+
+    @property
+    def dims(self) -> list[int]:
+        """Each teacher's embedding width."""
+        return [m.dim for m in self.members]
+
+    @property
+    def teacher(self):
+        """The live teacher of a one-teacher run (fidelity metrics), else None."""
+        return getattr(self.members[0], "teacher", None) if len(self.members) == 1 else None
+
+    def loader_needs(self, student) -> LoaderNeeds:
+        needs = [m.loader_needs(student) for m in self.members]
+        extras = [n.batch_extras for n in needs if n.batch_extras is not None]
+        return LoaderNeeds(specs={k: v for n in needs for k, v in n.specs.items()},
+                           tokenizers={k: v for n in needs for k, v in n.tokenizers.items()},
+                           views=next((n.views for n in needs if n.views is not None), None),
+                           batch_extras=MergedExtras(extras) if extras else None)
+
+    def __call__(self, batch: dict) -> TeacherEnsemble:
+        members = [self._with_temperature(m(batch), t) for m, t in zip(self.members, self.temperatures)]
+        return TeacherEnsemble.weighted(members, self.weights)
+
+    @staticmethod
+    def _with_temperature(embeddings: Embeddings, temperature: float | None) -> Embeddings:
+        if temperature is None:
+            return embeddings
+        scale = torch.as_tensor(float(temperature), device=embeddings.image.device)
+        return embeddings.with_(logit_scale=scale)

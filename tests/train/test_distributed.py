@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from clipdistill.data.bad_samples import KINDS
-from toys import CASES, N, make_inputs, make_model
+from toys import CASES, ENSEMBLE_CASES, N, make_ensemble_inputs, make_ensemble_model, make_inputs, make_model
 
 def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -45,6 +45,17 @@ def _worker(rank, world, init_file, out_file):
             total = total.detach().clone()
             dist.all_reduce(total)
             results[(case, local_loss)] = {"total": total / world, "grads": whole_grads(model.module)}
+    # Two teachers of different widths (each its own heads): the same equivalence, in the same processes.
+    images, tokens, ensemble = make_ensemble_inputs()
+    local_ensemble = ensemble.map(lambda m: m.with_(image=m.image[rows], text=m.text[rows]))
+    for local_loss in (False, True):
+        for case, specs in ENSEMBLE_CASES.items():
+            model = DistributedDataParallel(make_ensemble_model(specs, local_loss), find_unused_parameters=True)
+            total, _ = model(images[rows], tokens[rows], local_ensemble)
+            total.backward()
+            total = total.detach().clone()
+            dist.all_reduce(total)
+            results[("ensemble", case, local_loss)] = {"total": total / world, "grads": whole_grads(model.module)}
     # Heads initialized differently on each rank (the reference code's bug) are synchronized by DDP.
     head = DistributedDataParallel(make_model(CASES["clipkd"], seed=rank)).module.objective.terms["fd"].project.image.weight
     copies = [torch.empty_like(head) for _ in range(world)]
@@ -76,6 +87,21 @@ def test_two_ranks_equal_one_process(two_rank_results, case, local_loss):
     total.backward()
     expected = grads(single)
     got = two_rank_results[(case, local_loss)]
+    assert got["total"].item() == pytest.approx(total.item(), abs=1e-5)
+    assert set(got["grads"]) == set(expected)
+    for name, grad in expected.items():
+        assert torch.allclose(got["grads"][name], grad, atol=1e-5), (name, (got["grads"][name] - grad).abs().max())
+
+
+@pytest.mark.parametrize("local_loss", [False, True], ids=["global", "local_loss"])
+@pytest.mark.parametrize("case", list(ENSEMBLE_CASES))
+def test_two_teachers_on_two_ranks_equal_one_process(two_rank_results, case, local_loss):
+    images, tokens, ensemble = make_ensemble_inputs()
+    single = make_ensemble_model(ENSEMBLE_CASES[case])
+    total, _ = single(images, tokens, ensemble)
+    total.backward()
+    expected = grads(single)
+    got = two_rank_results[("ensemble", case, local_loss)]
     assert got["total"].item() == pytest.approx(total.item(), abs=1e-5)
     assert set(got["grads"]) == set(expected)
     for name, grad in expected.items():

@@ -32,6 +32,9 @@ def dataset_info(data: config_lib.DataConfig) -> dict:
 
 def build_cache(cfg: config_lib.Config, out_dir: str) -> dict | None:
     """Write the cache ``cfg`` describes to ``out_dir``; returns the manifest on rank 0, None elsewhere."""
+    if cfg.teachers is not None:
+        raise UserError("clipdistill cache embeds one teacher: run it once per teacher of the ensemble, each with "
+                        "its own teacher: section and --out directory (same data and cache settings)")
     if cfg.teacher.source in ("none", "cache"):
         raise UserError(f"clipdistill cache needs a teacher to run (teacher.source is '{cfg.teacher.source}'): "
                         f"set teacher.source to openclip, checkpoint or hf")

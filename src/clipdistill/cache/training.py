@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from clipdistill.cache.manifest import refuse_if_different, weights_fingerprint
 from clipdistill.cache.reader import TeacherCache
 from clipdistill.data.augmentation import Augmentation
 from clipdistill.errors import UserError
-from clipdistill.targets import CachedTeacherTargets, LiveTeacherTargets
+from clipdistill.targets import BatchKeys, CachedTeacherTargets, LiveTeacherTargets
 
 MODES = ("strict", "hybrid")
 log = logging.getLogger("clipdistill.train")
@@ -24,10 +25,11 @@ log = logging.getLogger("clipdistill.train")
 
 def open_for_training(path: str, *, mode: str, model="", pretrained: str = "",
                       augmentation: Augmentation = Augmentation(), device: str = "cpu",
-                      precision: str = "auto") -> CachedTeacherTargets:
+                      precision: str = "auto", keys: BatchKeys = BatchKeys()) -> CachedTeacherTargets:
     """The targets of a run that trains from the cache at ``path``, refused if the cache does not fit the run:
     its config says ``model``/``pretrained`` (may be empty), ``augmentation`` (``data.scale``, ``data.hflip``) and
-    ``mode`` (``strict`` | ``hybrid``: samples missing from the cache are embedded by a live teacher)."""
+    ``mode`` (``strict`` | ``hybrid``: samples missing from the cache are embedded by a live teacher).
+    ``keys``: the batch keys of this teacher (one of an ensemble's, :meth:`BatchKeys.of_member`)."""
     if mode not in MODES:
         raise UserError(f"unknown teacher.cache_mode '{mode}' (choose from {', '.join(MODES)})")
     if not path:
@@ -41,9 +43,48 @@ def open_for_training(path: str, *, mode: str, model="", pretrained: str = "",
     if truncated:
         log.warning("%d of the cache's %d captions were longer than the teacher's context (%s tokens) and were "
                     "embedded truncated", truncated, cache.manifest.get("count", 0), cache.manifest.get("context_length"))
-    live = LiveTeacherTargets(_live_teacher(cache, device, precision), torch.device(device)) \
+    live = LiveTeacherTargets(_live_teacher(cache, device, precision), torch.device(device), keys) \
         if mode == "hybrid" else None
-    return CachedTeacherTargets(cache, torch.device(device), live=live)
+    return CachedTeacherTargets(cache, torch.device(device), live=live, keys=keys)
+
+
+def refuse_unshared_views(caches: list[tuple[int, TeacherCache]]) -> None:
+    """An ensemble's caches must hold the same samples and the same stored views, or the student (which sees
+    the replayed crop) would not see the crop every teacher saw: one line naming the first mismatch.
+
+    ``caches``: (teacher index, cache) pairs. Compared: the keys, the data's description (its path aside),
+    how the views were drawn (count, scale, ratio, flips, seed, sampler) and the stored view parameters
+    themselves (20 bytes a view, read once).
+    """
+    (first, reference), others = caches[0], caches[1:]
+    for index, cache in others:
+        where = f"teachers[{index}] cache {cache.directory} and teachers[{first}] cache {reference.directory}"
+        keys, reference_keys = cache.index.sorted_keys, reference.index.sorted_keys
+        if len(keys) != len(reference_keys) or not np.array_equal(keys, reference_keys):
+            raise UserError(f"{where} hold different samples (first differing key: "
+                            f"'{_first_difference(keys, reference_keys)}'): build every cache over the same data")
+        for section in ("dataset", "augmentation"):
+            field = _first_different_field(cache.manifest[section], reference.manifest[section])
+            if field is not None:
+                raise UserError(f"{where} were built differently ({section}.{field}: "
+                                f"{cache.manifest[section].get(field)!r} vs {reference.manifest[section].get(field)!r}): "
+                                f"build every cache from the same data with the same cache.views and cache.seed")
+        rows, reference_rows = (torch.from_numpy(np.array(c.index.sorted_rows)) for c in (cache, reference))
+        differs = (cache.view[rows] != reference.view[reference_rows]).flatten(1).any(dim=1)
+        if differs.any():
+            raise UserError(f"{where} stored different views of sample '{keys[int(differs.nonzero()[0])]}': "
+                            f"build them with the same cache.views, cache.seed and data settings")
+
+
+def _first_different_field(found: dict, reference: dict) -> str | None:
+    # The data's path may differ (a copy of the same files); what it holds is compared through keys and views.
+    return next((k for k in sorted({*found, *reference}) if k != "path" and found.get(k) != reference.get(k)), None)
+
+
+def _first_difference(keys: np.ndarray, reference: np.ndarray) -> str:
+    """The first key (in sorted order) that one side has and the other lacks."""
+    only = np.setxor1d(keys, reference)
+    return str(only[0]) if only.size else ""
 
 
 def teacher_of_cache(path: str, *, device: str = "cpu", precision: str = "auto"):

@@ -29,6 +29,7 @@ class AffinityLoss(nn.Module):
     """
 
     needs_teacher = True
+    one_for_all_teachers = True  # the student side is the same for every teacher: one term against the ensemble's target
 
     def __init__(self, scale: float = 100.0, teacher_scale: float | None = None):
         super().__init__()

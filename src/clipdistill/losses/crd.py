@@ -1,6 +1,8 @@
 """CRD: contrastive relational distillation (CLIP-KD, Yang et al. CVPR 2024, Sec. 3.1)."""
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -30,6 +32,7 @@ class CRDLoss(nn.Module):
     """
 
     needs_teacher = True
+    one_for_all_teachers = True  # the student side is the same for every teacher: one term against the ensemble's target
 
     def __init__(self, temperature: float = 1.0, teacher_scale: float | None = None):
         super().__init__()
@@ -37,5 +40,5 @@ class CRDLoss(nn.Module):
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
         return relation_loss(student, teacher, kl_rows, student_scale=student.logit_scale,
-                             teacher_scale=teacher_temperature(self.teacher_scale, teacher),
+                             teacher_scale=partial(teacher_temperature, self.teacher_scale),
                              temperature=self.temperature)

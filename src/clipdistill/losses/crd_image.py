@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipdistill.embeddings import Embeddings
-from clipdistill.losses.functional import teacher_temperature
+from clipdistill.losses.functional import target_logits, teacher_temperature
 from clipdistill.losses.registry import register
 
 
@@ -33,6 +33,7 @@ class CRDImageLoss(nn.Module):
 
     needs_teacher = True
     needs_text = False
+    one_for_all_teachers = True  # the student side is the same for every teacher: one term against the ensemble's target
 
     def __init__(self, temperature: float = 1.0, teacher_scale: float | None = None,
                  student_scale: float | None = None):
@@ -42,9 +43,13 @@ class CRDImageLoss(nn.Module):
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
         s_image, r, t = F.normalize(student.image, dim=-1), student.rows, self.temperature
         s_scale = student.logit_scale if self.student_scale is None else self.student_scale
-        t_scale = teacher_temperature(self.teacher_scale, teacher)
         self_pairs = _diagonal(student.batch_size, r, s_image.device)
-        target = (t_scale * teacher.image[r] @ teacher.image.t() / t).masked_fill(self_pairs, float("-inf"))
+
+        def logits_of(member):  # one teacher's image-image logits at its own scale
+            t_scale = teacher_temperature(self.teacher_scale, member)
+            return (t_scale * member.image[r] @ member.image.t() / t).masked_fill(self_pairs, float("-inf"))
+
+        target = target_logits(teacher, logits_of)  # an ensemble: MobileCLIP's average after softmax
         student_logits = (s_scale * s_image[r] @ s_image.t() / t).masked_fill(self_pairs, float("-inf"))
         return _kl_rows_without_diagonal(target, student_logits, self_pairs) * t * t
 
@@ -58,6 +63,6 @@ def _diagonal(n: int, rows: slice, device: torch.device) -> torch.Tensor:
 def _kl_rows_without_diagonal(target: torch.Tensor, student: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     # kl_rows multiplies p·(log p − log q): on the masked entries p = 0 and both logs are −inf, whose
     # difference is NaN. Zero logits there instead after the softmax, so they contribute 0·finite.
-    target_logp = F.log_softmax(target, dim=1).masked_fill(masked, 0.0)
+    target_logp = target.log_softmax(dim=1).masked_fill(masked, 0.0)
     student_logp = F.log_softmax(student, dim=1).masked_fill(masked, 0.0)
     return (target_logp.exp().masked_fill(masked, 0.0) * (target_logp - student_logp)).sum(dim=1).mean()

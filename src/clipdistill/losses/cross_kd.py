@@ -1,11 +1,14 @@
 """cross_kd: cross-model relational distillation (CLIP-KD, Yang et al. CVPR 2024, Sec. 3.4 variant)."""
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
 from clipdistill.embeddings import Embeddings
-from clipdistill.losses.functional import clamp_log_scale_, kl_rows, learnable_log_scale, teacher_temperature
+from clipdistill.losses.functional import (clamp_log_scale_, kl_rows, learnable_log_scale, target_logits,
+                                           teacher_temperature)
 from clipdistill.losses.heads import TeacherSpaceProjection
 from clipdistill.losses.registry import register
 
@@ -50,9 +53,11 @@ class CrossKDLoss(nn.Module):
         kappa = self.log_scale.exp()  # kept ≤ max_scale by clamp_() after each step
         t = self.temperature
         r = student.rows
-        tau = teacher_temperature(self.teacher_scale, teacher)
-        image_rows = kl_rows(tau * teacher.image[r] @ teacher.text.t() / t,
+        tau = partial(teacher_temperature, self.teacher_scale)
+        # The student ranks this teacher's candidates through this teacher's head (one copy of the term per
+        # teacher); the target is the ensemble's (this teacher's own distribution when it is alone).
+        image_rows = kl_rows(target_logits(teacher, lambda m: tau(m) * m.image[r] @ m.text.t() / t),
                              kappa * image[r] @ teacher.text.t() / t)
-        text_rows = kl_rows(tau * teacher.text[r] @ teacher.image.t() / t,
+        text_rows = kl_rows(target_logits(teacher, lambda m: tau(m) * m.text[r] @ m.image.t() / t),
                             kappa * text[r] @ teacher.image.t() / t)
         return 0.5 * (image_rows + text_rows) * t * t

@@ -34,15 +34,61 @@ def sigmoid_logits(images: torch.Tensor, texts: torch.Tensor, scale, bias) -> to
 
 
 def kl_rows(target_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """KL(σ(target) ‖ σ(student)) per row, averaged over rows (σ = row softmax)."""
-    target_logp = F.log_softmax(target_logits, dim=1)
+    """KL(σ(target) ‖ σ(student)) per row, averaged over rows (σ = row softmax).
+
+    ``target_logits`` may be a :class:`MixedSoftmax` (an ensemble's target): only its ``log_softmax`` is used.
+    """
+    target_logp = target_logits.log_softmax(dim=1)
     student_logp = F.log_softmax(student_logits, dim=1)
     return (target_logp.exp() * (target_logp - student_logp)).sum(dim=1).mean()
 
 
 def soft_cross_entropy(target_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """H(σ(target), σ(student)) = −Σ_j p_j log q_j per row, averaged over rows."""
+    """H(σ(target), σ(student)) = −Σ_j p_j log q_j per row, averaged over rows (``target_logits`` may be a
+    :class:`MixedSoftmax`)."""
     return -(target_logits.softmax(dim=1) * F.log_softmax(student_logits, dim=1)).sum(dim=1).mean()
+
+
+def members_and_weights(teacher) -> list[tuple[object, float]]:
+    """Each teacher of ``teacher``'s ensemble (a :class:`~clipdistill.ensemble.TeacherView`) with its weight;
+    plain embeddings are a teacher of weight 1."""
+    ensemble = getattr(teacher, "ensemble", None)
+    return list(zip(ensemble.members, ensemble.weights)) if ensemble is not None else [(teacher, 1.0)]
+
+
+class MixedSoftmax:
+    """p̄ = Σ_k w_k σ(z_k): the ensemble's target distribution (MobileCLIP's rule: softmax per teacher, then
+    the weighted average; Σ w_k = 1). Stands where a target-logits tensor stands in :func:`kl_rows` and
+    :func:`soft_cross_entropy`, which only ask for ``softmax`` / ``log_softmax`` along the rows."""
+
+    def __init__(self, logits: list[torch.Tensor], weights: list[float]):
+        self.logits, self.weights = logits, weights
+
+    def softmax(self, dim: int) -> torch.Tensor:
+        return sum(w * z.softmax(dim=dim) for z, w in zip(self.logits, self.weights))
+
+    def log_softmax(self, dim: int) -> torch.Tensor:
+        # log Σ_k w_k σ(z_k) = logsumexp_k(log w_k + log σ(z_k)): no probability underflows to log 0.
+        terms = [z.log_softmax(dim=dim) + math.log(w) for z, w in zip(self.logits, self.weights)]
+        return torch.logsumexp(torch.stack(terms), dim=0)
+
+
+def target_logits(teacher, logits_of):
+    """The teacher side of a distribution term: ``logits_of(member)`` for one teacher, the :class:`MixedSoftmax`
+    of every member's logits for an ensemble. ``logits_of`` gives a member's (rows, N) logits at its own scale."""
+    pairs = members_and_weights(teacher)
+    if len(pairs) == 1:  # one teacher: exactly the single-teacher computation
+        return logits_of(pairs[0][0])
+    return MixedSoftmax([logits_of(member) for member, _ in pairs], [w for _, w in pairs])
+
+
+def weighted_mean(teacher, value_of) -> torch.Tensor:
+    """Σ_k w_k value_of(member_k) over the ensemble (``value_of(teacher)`` itself for one teacher): e.g. the
+    averaged sigmoid targets of ``sigmoid_kd``."""
+    pairs = members_and_weights(teacher)
+    if len(pairs) == 1:
+        return value_of(pairs[0][0])
+    return sum(w * value_of(member) for member, w in pairs)
 
 
 def teacher_temperature(override: float | None, teacher) -> torch.Tensor | float:
@@ -70,11 +116,14 @@ def relation_loss(student, teacher, row_loss, *, student_scale, teacher_scale, t
     Image rows: teacher ``τ_t t_v t_tᵀ/T`` vs student ``τ_s ŝ⁰_v ŝ⁰_tᵀ/T`` (ŝ⁰ = normalized student
     embedding); text rows likewise. ``row_loss(target_logits, student_logits)`` is e.g. :func:`kl_rows`
     (CRD) or :func:`soft_cross_entropy` (soft_clip, affinity). Only ``student.rows`` are computed.
+    ``teacher_scale``: τ_t, or a function of a teacher giving its τ_t (each member of an ensemble its own).
+    An ensemble's target is the weighted average of its members' distributions (:func:`target_logits`).
     """
     s_image, s_text = F.normalize(student.image, dim=-1), F.normalize(student.text, dim=-1)
     r, t = student.rows, temperature
-    image_rows = row_loss(teacher_scale * teacher.image[r] @ teacher.text.t() / t,
+    scale_of = teacher_scale if callable(teacher_scale) else lambda _: teacher_scale
+    image_rows = row_loss(target_logits(teacher, lambda m: scale_of(m) * m.image[r] @ m.text.t() / t),
                           student_scale * s_image[r] @ s_text.t() / t)
-    text_rows = row_loss(teacher_scale * teacher.text[r] @ teacher.image.t() / t,
+    text_rows = row_loss(target_logits(teacher, lambda m: scale_of(m) * m.text[r] @ m.image.t() / t),
                          student_scale * s_text[r] @ s_image.t() / t)
     return 0.5 * (image_rows + text_rows) * t * t

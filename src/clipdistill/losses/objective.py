@@ -6,7 +6,8 @@ from torch import nn
 
 from clipdistill.distributed import gather_embeddings, local_rows
 from clipdistill.embeddings import Embeddings
-from clipdistill.losses.registry import get, needs_teacher
+from clipdistill.ensemble import TeacherEnsemble
+from clipdistill.losses.registry import get, needs_teacher, resolve
 
 
 class Objective(nn.Module):
@@ -25,6 +26,14 @@ class Objective(nn.Module):
     global columns: logit memory grows linearly with the global batch instead of quadratically, and
     the gradients stay exact (each rank's term is 1/W of the global mean; the with-grad gather sums
     the W contributions, DDP averages them).
+
+    Several teachers (a :class:`~clipdistill.ensemble.TeacherEnsemble`; one teacher is the ensemble of
+    one): a term whose student side is the same for every teacher (``one_for_all_teachers``: crd,
+    soft_clip, affinity, sigmoid_kd) runs once, against the ensemble's target; any other term has one
+    copy per teacher (:class:`PerTeacher`: its own heads and scales, in that teacher's space) and is the
+    weighted sum of the copies. With more than one teacher each term is also reported per teacher
+    (``fd/t0``, ``fd/t1``: a copy's value, or for a one-for-all term its value against that teacher
+    alone, computed without gradient, for the record).
     """
 
     def __init__(self, terms: dict[str, nn.Module], weights: dict[str, float], local_loss: bool = False):
@@ -63,18 +72,66 @@ class Objective(nn.Module):
             if hasattr(loss, "clamp_"):
                 loss.clamp_()
 
-    def forward(self, student: Embeddings, teacher: Embeddings | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, student: Embeddings, teacher: Embeddings | TeacherEnsemble | None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Returns the weighted total and each term's unweighted value (detached, for logging)."""
         with torch.autocast(student.image.device.type, enabled=False):
             rows = local_rows(student.batch_size) if self.local_loss else None
             student = gather_embeddings(_float32(student), with_grad=True).with_(local_rows=rows)
             if teacher is not None:
-                # Teacher targets are constants: detaching here guarantees no gradient ever reaches a teacher.
-                teacher = _float32(teacher.with_(image=teacher.image.detach(), text=teacher.text.detach()))
-                teacher = gather_embeddings(teacher, with_grad=False)
-            values = {self.term_names[key]: loss(student, teacher) for key, loss in self.terms.items()}
+                teacher = TeacherEnsemble.of(teacher).map(_gathered_constant)
+            values, reported = {}, {}
+            for key, loss in self.terms.items():
+                name = self.term_names[key]
+                values[name], per_teacher = _term(loss, student, teacher)
+                reported.update({name: values[name].detach(), **{f"{name}/t{k}": v for k, v in per_teacher.items()}})
             total = sum(self.weights[name] * value for name, value in values.items())
-        return total, {name: value.detach() for name, value in values.items()}
+        return total, reported
+
+
+class PerTeacher(nn.Module):
+    """One copy of a loss per teacher of an ensemble, each built for its teacher's width (heads, scales)."""
+
+    def __init__(self, copies: list[nn.Module]):
+        super().__init__()
+        self.copies = nn.ModuleList(copies)
+
+    def clamp_(self) -> None:
+        for copy in self.copies:
+            if hasattr(copy, "clamp_"):
+                copy.clamp_()
+
+    def __getattr__(self, name: str):
+        # What the trainer asks a term (student_patch_dropout, student_logit_bias) is the same for every copy.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["copies"][0], name)
+
+
+def _term(loss: nn.Module, student: Embeddings, teacher: TeacherEnsemble | None) -> tuple[torch.Tensor, dict]:
+    """A term's value and, with several teachers, its value per teacher (detached)."""
+    if teacher is None or not getattr(loss, "needs_teacher", True):
+        return loss(student, teacher), {}
+    if getattr(loss, "one_for_all_teachers", False):
+        value = loss(student, teacher.focus(0))  # its target is the ensemble's; the student side is shared
+        if len(teacher) == 1:
+            return value, {}
+        with torch.no_grad():  # for the record: the term against each teacher alone
+            return value, {k: loss(student, member).detach() for k, member in enumerate(teacher.members)}
+    copies = loss.copies if isinstance(loss, PerTeacher) else [loss]
+    if len(copies) != len(teacher):
+        raise ValueError(f"the objective was built for {len(copies)} teacher(s), the batch has {len(teacher)}")
+    values = [copy(student, teacher.focus(k)) for k, copy in enumerate(copies)]
+    if len(values) == 1:
+        return values[0], {}
+    return sum(w * v for w, v in zip(teacher.weights, values)), {k: v.detach() for k, v in enumerate(values)}
+
+
+def _gathered_constant(teacher: Embeddings) -> Embeddings:
+    # Teacher targets are constants: detaching here guarantees no gradient ever reaches a teacher.
+    teacher = _float32(teacher.with_(image=teacher.image.detach(), text=teacher.text.detach()))
+    return gather_embeddings(teacher, with_grad=False)
 
 
 def _module_key(name: str) -> str:
@@ -88,18 +145,31 @@ def _float32(embeddings: Embeddings) -> Embeddings:
                             logit_bias=None if bias is None else torch.as_tensor(bias).float())
 
 
-def build_objective(specs: dict[str, dict], student_dim: int, teacher_dim: int | None,
+def build_objective(specs: dict[str, dict], student_dim: int, teacher_dim: int | list[int] | None,
                     local_loss: bool = False) -> Objective:
     """``specs``: name -> {"weight": w, **loss kwargs}, as in a config's ``losses`` section.
 
-    A name is a registered loss (``clipdistill.losses.names()``) or ``module:Class``.
+    A name is a registered loss (``clipdistill.losses.names()``) or ``module:Class``. ``teacher_dim``: the
+    teacher's width, or one per teacher of an ensemble; a term that is not ``one_for_all_teachers`` gets one
+    copy per teacher (:class:`PerTeacher`) when there are several.
     """
+    teacher_dims = teacher_dim if isinstance(teacher_dim, (list, tuple)) else [teacher_dim]
     terms, weights = {}, {}
     for name, spec in specs.items():
         kwargs = dict(spec)
         weights[name] = float(kwargs.pop("weight", 1.0))
-        if teacher_dim is not None:
-            kwargs.setdefault("student_dim", student_dim)
-            kwargs.setdefault("teacher_dim", teacher_dim)
-        terms[name] = get(name, **kwargs)
+        cls = resolve(name)
+        shared = not getattr(cls, "needs_teacher", True) or getattr(cls, "one_for_all_teachers", False)
+        if len(teacher_dims) == 1 or shared:
+            terms[name] = _built(name, kwargs, student_dim, teacher_dims[0])
+        else:
+            terms[name] = PerTeacher([_built(name, kwargs, student_dim, dim) for dim in teacher_dims])
     return Objective(terms, weights, local_loss=local_loss)
+
+
+def _built(name: str, kwargs: dict, student_dim: int, teacher_dim: int | None) -> nn.Module:
+    kwargs = dict(kwargs)
+    if teacher_dim is not None:
+        kwargs.setdefault("student_dim", student_dim)
+        kwargs.setdefault("teacher_dim", teacher_dim)
+    return get(name, **kwargs)

@@ -7,7 +7,7 @@ from torch import nn
 
 from clipdistill.embeddings import Embeddings
 from clipdistill.errors import UserError
-from clipdistill.losses.functional import sigmoid_logits
+from clipdistill.losses.functional import sigmoid_logits, weighted_mean
 from clipdistill.losses.registry import register
 
 
@@ -41,6 +41,7 @@ class SigmoidKDLoss(nn.Module):
     """
 
     needs_teacher = True
+    one_for_all_teachers = True  # the student side is the same for every teacher: one term against the ensemble's target
 
     def __init__(self, teacher_scale: float | None = None, teacher_bias: float | None = None,
                  init_bias: float = -10.0):
@@ -59,8 +60,9 @@ class SigmoidKDLoss(nn.Module):
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
         rows = student.rows
-        scale, bias = self.teacher_scale_and_bias(teacher)
-        targets = torch.sigmoid(sigmoid_logits(teacher.image[rows], teacher.text, scale, bias))
+        # An ensemble's target: each teacher's sigmoid at its own scale and bias, averaged with the weights.
+        targets = weighted_mean(teacher, lambda m: torch.sigmoid(sigmoid_logits(m.image[rows], m.text,
+                                                                               *self.teacher_scale_and_bias(m))))
         image, text = F.normalize(student.image, dim=-1), F.normalize(student.text, dim=-1)
         student_bias = student.logit_bias if student.logit_bias is not None else 0.0
         logits = sigmoid_logits(image[rows], text, student.logit_scale, student_bias)

@@ -1,6 +1,8 @@
 """soft_clip: open_clip's DistillClipLoss distillation term."""
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -31,6 +33,7 @@ class SoftClipLoss(nn.Module):
     """
 
     needs_teacher = True
+    one_for_all_teachers = True  # the student side is the same for every teacher: one term against the ensemble's target
 
     def __init__(self, temperature: float = 1.0, teacher_scale: float | None = None):
         super().__init__()
@@ -38,5 +41,5 @@ class SoftClipLoss(nn.Module):
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
         return relation_loss(student, teacher, soft_cross_entropy, student_scale=student.logit_scale,
-                             teacher_scale=teacher_temperature(self.teacher_scale, teacher),
+                             teacher_scale=partial(teacher_temperature, self.teacher_scale),
                              temperature=self.temperature)

@@ -3,9 +3,9 @@
     clipdistill train configs/smoke.yaml --out runs/smoke [key=value ...]
 
 Under torchrun each process runs this same function; ranks split the data, gather embeddings in
-the objective, and average gradients through DDP. Where the teacher's embeddings come from (a live
-teacher, a cache, both) is the targets object's business (:mod:`clipdistill.targets`): the loop asks
-it what the loader must add to a batch, and for the embeddings of each batch.
+the objective, and average gradients through DDP. Where the teachers' embeddings come from (how many
+teachers, each live, cached or both) is the targets object's business (:mod:`clipdistill.targets`): the
+loop asks it what the loader must add to a batch, and for the embeddings of each batch.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class Parts:
     """What a run trains with: built once, before the first step."""
 
     student: object  # clipdistill.models.Student
-    targets: object | None  # a targets object (clipdistill.targets), None without a teacher
+    targets: object | None  # every teacher's targets (clipdistill.targets.EnsembleTargets), None without a teacher
     distiller: Distiller  # the student and the objective (heads, learnable scales)
     model: torch.nn.Module  # the distiller, DDP-wrapped under torchrun
     optimizer: torch.optim.Optimizer
@@ -118,7 +118,7 @@ def choose_workers_and_threads(cfg: config_lib.Config, ctx) -> tuple[int, tuple[
 
 def build_parts(cfg: config_lib.Config, ctx) -> Parts:
     """The student, where its teacher's embeddings come from, the objective, DDP and the optimizer."""
-    targets = build.targets_from(cfg.teacher, build.augmentation_from(cfg.data), ctx.device) \
+    targets = build.targets_from(config_lib.teacher_sections(cfg), build.augmentation_from(cfg.data), ctx.device) \
         if needs_teacher(cfg.losses) else None
     student = build.student_from(cfg.student, teacher=build.tower_teacher(cfg.student, cfg.teacher, targets, ctx.device))
     local_loss = build.local_loss_from(cfg.train, ctx.world_size)
@@ -255,9 +255,9 @@ def _merged(states: list[dict]) -> dict:
 def banner(cfg: config_lib.Config, out_dir: Path, ctx, parts: Parts, dataset, workers: int,
            threads: tuple[int, str], evaluator: Evaluator) -> str:
     """What this run is, in a few lines at its start (console and train.log)."""
-    t = cfg.teacher
-    teacher = "none" if parts.targets is None else \
-        f"{t.source} {t.model or ''} {t.pretrained or t.path or ''}".strip() + f" (dim {parts.targets.dim})"
+    teacher = "none" if parts.targets is None else "; ".join(
+        f"{t.source} {t.model or ''} {t.pretrained or t.path or ''}".strip() + f" (dim {dim})"
+        for t, dim in zip(config_lib.teacher_sections(cfg), parts.targets.dims))
     try:
         rows = f"{len(dataset)} rows"
     except TypeError:  # streamed shards
