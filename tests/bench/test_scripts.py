@@ -11,7 +11,7 @@ from bench_scripts import BENCH, load_bench_script
 
 
 
-@pytest.mark.parametrize("name", ["throughput", "cache_build", "eval_speed"])
+@pytest.mark.parametrize("name", ["throughput", "cache_build", "eval_speed", "image_only_cifar10"])
 def test_each_python_piece_of_the_gpu_script_answers_help(name, capsys):
     with pytest.raises(SystemExit) as exit_:
         load_bench_script(name).main(["--help"])
