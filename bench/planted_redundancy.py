@@ -212,6 +212,7 @@ def setup(args) -> dict:
     """bench/ablation.py's synthetic setup: its teacher as is; students on a CSV of planted or clean rows."""
     base = ablation.synthetic_setup(Path(args.out), args)
     base["common"]["eval"]["num_images"] = args.eval_images
+    base["student"]["train"]["batch_size"] = args.batch_size
     return base
 
 
@@ -253,7 +254,7 @@ def train_student(base: dict, csv_path: Path, keep: Path | None, seed: int, out:
     data = ablation.merged(ablation.BASE, base["common"], base["student"],
                            {"data": {"kind": "csv", "path": str(csv_path), "subset": 0, "keep": str(keep or "")},
                             "losses": ablation.METHODS["baseline"], "train": {"seed": seed, "progress": progress}})
-    return ablation.row(run(config_lib.from_dict(data), out))
+    return ablation.row(run(config_lib.from_dict(data), out, overwrite=True))  # no results.json: unfinished
 
 
 def keep_lists(out: Path, plan: Plan, clean_rows: int, cid: np.ndarray, semdedup: np.ndarray,
@@ -306,8 +307,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--redundant", type=float, default=0.4, help="fraction of the planted set's rows that are copies")
     p.add_argument("--pool-rows", type=int, default=1000, help="rows of the labelled pool that ε is chosen on")
     p.add_argument("--pool-redundant", type=float, default=0.3)
+    p.add_argument("--teacher", default="", help="a trained teacher run directory to use instead of training one")
     p.add_argument("--teacher-steps", type=int, default=400)
     p.add_argument("--student-steps", type=int, default=240)
+    p.add_argument("--batch-size", type=int, default=128, help="students' batch (the ablation's 128)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--arms", default=",".join(ARMS), help="arms to train (all are curated and judged)")
     p.add_argument("--eval-images", type=int, default=1000)
@@ -318,7 +321,11 @@ def main(argv: list[str] | None = None) -> None:
     out, seeds = Path(args.out), [int(s) for s in args.seeds.split(",")]
     out.mkdir(parents=True, exist_ok=True)
     base = setup(args)
-    teacher, teacher_results = ablation.train_teacher(base, out, args.progress)
+    if args.teacher:  # a finished run of the same setup (e.g. bench/ablation.py's DIR/teacher)
+        teacher = {"teacher": {"source": "checkpoint", "path": str(Path(args.teacher).resolve())}}
+        teacher_results = json.loads((Path(args.teacher) / "results.json").read_text())
+    else:
+        teacher, teacher_results = ablation.train_teacher(base, out, args.progress)
 
     # The planted set and the pool draw from different data seeds: no scene is in both.
     plans = {"planted": (plan_rows(args.rows, args.redundant, seed=0), 0),
@@ -338,24 +345,33 @@ def main(argv: list[str] | None = None) -> None:
     clean_cid = curated(caches["clean"], out / "curated_clean_cid", mode="cid", epsilon=epsilon["cid"])
     keeps = keep_lists(out, plan, args.rows, cid, semdedup, clean_cid, seeds)
 
-    result = {"teacher": ablation.row(teacher_results), "epsilon": epsilon,
-              "pool": {mode: next(s for s in sweeps[mode] if s["epsilon"] == epsilon[mode]) for mode in sweeps},
-              "sweeps": sweeps, "args": vars(args), "arms": {}}
+    result = {"teacher": ablation.row(teacher_results), "teacher_path": teacher["teacher"]["path"],
+              "epsilon": epsilon, "sweeps": sweeps, "args": vars(args), "arms": {},
+              "pool": {mode: next(s for s in sweeps[mode] if s["epsilon"] == epsilon[mode]) for mode in sweeps}}
     for arm, by_seed in keeps.items():
-        arm_plan = clean_plan if arm.startswith("clean") else plan
         first = by_seed[seeds[0]]
-        quality = removal_quality(np.load(first) if first else np.arange(len(arm_plan.group)), arm_plan)
-        result["arms"][arm] = {"quality": quality}
-        if arm not in args.arms.split(","):
-            continue
-        csv_path = sets["clean" if arm.startswith("clean") else "planted"]
-        recalls = {s: train_student(base, csv_path, by_seed[s], s, out / "students" / f"{arm}_seed{s}",
-                                    args.progress)["retrieval_mean_recall"] for s in seeds}
-        result["arms"][arm]["recall"] = summary(recalls)
-        (out / "planted.json").write_text(json.dumps(result, indent=2))
-        print(write_table(result, out))
-    (out / "planted.json").write_text(json.dumps(result, indent=2))
-    print(write_table(result, out))
+        arm_plan = clean_plan if arm.startswith("clean") else plan
+        result["arms"][arm] = {"quality": removal_quality(np.load(first) if first else np.arange(args.rows), arm_plan)}
+    recalls: dict = {arm: {} for arm in keeps}
+    # Seed-major: a run cut short still has every arm at the first seeds.
+    for seed in seeds:
+        for arm in [a for a in ARMS if a in args.arms.split(",")]:
+            recalls[arm][seed] = student_recall(arm, seed, keeps, base, sets, out, args)
+            result["arms"][arm]["recall"] = summary(recalls[arm])
+            (out / "planted.json").write_text(json.dumps(result, indent=2))
+            print(write_table(result, out), flush=True)
+
+
+def student_recall(arm: str, seed: int, keeps: dict, base: dict, sets: dict, out: Path, args) -> float:
+    """The arm's student at this seed; an arm that keeps every row is the full arm's run (same data, same seed)."""
+    keep = keeps[arm][seed]
+    data = "clean" if arm.startswith("clean") else "planted"
+    if keep is not None and len(np.load(keep)) == args.rows:
+        full = "clean_full" if data == "clean" else "full"
+        log.info("%s keeps every row: its student is the %s run", arm, full)
+        arm, keep = full, None
+    run_dir = out / "students" / f"{arm}_seed{seed}"
+    return train_student(base, sets[data], keep, seed, run_dir, args.progress)["retrieval_mean_recall"]
 
 
 if __name__ == "__main__":

@@ -117,3 +117,30 @@ def test_help_answers(capsys):
     with pytest.raises(SystemExit) as exit_:
         planted.main(["--help"])
     assert exit_.value.code == 0 and "--redundant" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_whole_bench_runs_small_and_its_table_adds_up(tmp_path):
+    """The whole pipeline at toy size (a 2-step teacher, 3-step students): sets, caches, ε, curation, arms."""
+    import json
+
+    out = tmp_path / "run"
+    planted.main(["--out", str(out), "--rows", "80", "--pool-rows", "60", "--eval-images", "40", "--teacher-steps",
+                  "2", "--student-steps", "3", "--seeds", "0,1", "--batch-size", "8"])
+    result = json.loads((out / "planted.json").read_text())
+    arms = result["arms"]
+    assert list(arms) == list(planted.ARMS)
+    assert arms["oracle"]["quality"] == {"kept": 48, "removed": 32, "removal": 0.4, "precision": 1.0,
+                                         "recall": 1.0, "scenes_lost": 0}
+    assert arms["random"]["quality"]["kept"] == arms["cid"]["quality"]["kept"]
+    assert arms["full"]["quality"]["removed"] == 0 and arms["clean_full"]["quality"]["removed"] == 0
+    for arm in planted.ARMS:
+        assert len(arms[arm]["recall"]["per_seed"]) == 2
+    for mode in ("cid", "semdedup"):  # the curated set is `clipdistill curate --threshold ε` of the planted set
+        report = json.loads((out / f"curated_{mode}" / "report.json").read_text())
+        assert report["threshold"] == pytest.approx(result["epsilon"][mode]) and report["mode"] == mode
+        assert report["n_kept"] == arms[mode]["quality"]["kept"]
+    assert result["pool"]["cid"]["f1"] == max(s["f1"] for s in result["sweeps"]["cid"])
+    random_lists = [np.load(out / "keep" / f"random_seed{s}.npy") for s in (0, 1)]
+    assert not np.array_equal(*random_lists)  # a new random subset per seed
+    assert "ε chosen on the labelled pool" in (out / "planted.md").read_text()
