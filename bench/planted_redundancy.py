@@ -169,6 +169,24 @@ def removal_quality(keep: np.ndarray, plan: Plan) -> dict:
             "scenes_lost": int((removed_per_group == sizes).sum())}
 
 
+def similarity_profile(x: np.ndarray, plan: Plan) -> dict:
+    """Quantiles (5, 25, 50, 75, 95 %) of each copy's cosine to its original and of each original's cosine to
+    its nearest *other* original: how far apart planted and natural near-duplicates are in ``x``."""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    originals = np.flatnonzero(plan.copy == 0)
+    original_of = np.empty(plan.group.max() + 1, dtype=np.int64)
+    original_of[plan.group[originals]] = originals
+    copies = np.flatnonzero(plan.copy > 0)
+    between = x[originals] @ x[originals].T
+    np.fill_diagonal(between, -np.inf)
+    levels = [0.05, 0.25, 0.5, 0.75, 0.95]
+    profile = {"nearest_other_original": np.quantile(between.max(axis=1), levels).round(4).tolist()}
+    if len(copies):
+        to_original = np.einsum("ij,ij->i", x[copies], x[original_of[plan.group[copies]]])
+        profile["copy_to_its_original"] = np.quantile(to_original, levels).round(4).tolist()
+    return profile
+
+
 def f1(quality: dict) -> float:
     p, r = quality["precision"], quality["recall"]
     return 2 * p * r / (p + r) if p + r else 0.0
@@ -346,6 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     keeps = keep_lists(out, plan, args.rows, cid, semdedup, clean_cid, seeds)
 
     result = {"teacher": ablation.row(teacher_results), "teacher_path": teacher["teacher"]["path"],
+              "similarity": {name: similarity_profile(embeddings(caches[name]), plans[name][0]) for name in plans},
               "epsilon": epsilon, "sweeps": sweeps, "args": vars(args), "arms": {},
               "pool": {mode: next(s for s in sweeps[mode] if s["epsilon"] == epsilon[mode]) for mode in sweeps}}
     for arm, by_seed in keeps.items():

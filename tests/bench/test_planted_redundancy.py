@@ -144,3 +144,11 @@ def test_whole_bench_runs_small_and_its_table_adds_up(tmp_path):
     random_lists = [np.load(out / "keep" / f"random_seed{s}.npy") for s in (0, 1)]
     assert not np.array_equal(*random_lists)  # a new random subset per seed
     assert "ε chosen on the labelled pool" in (out / "planted.md").read_text()
+
+
+def test_similarity_profile_separates_copies_from_other_scenes():
+    plan = planted.plan_rows(300, 0.4, seed=0)
+    profile = planted.similarity_profile(toy_embeddings(plan, 0.05), plan)
+    assert profile["copy_to_its_original"][0] > 0.99 > 0.8 > profile["nearest_other_original"][-1]
+    assert "copy_to_its_original" not in planted.similarity_profile(toy_embeddings(plan, 0.05),
+                                                                   planted.plan_rows(300, 0.0, seed=0))
