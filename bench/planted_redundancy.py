@@ -110,7 +110,8 @@ def jittered(scene: Scene, rng: np.random.Generator, size_px: int = IMAGE_PX) ->
 
 def paraphrased(scene: Scene, rng: np.random.Generator) -> str:
     """One of the scene's true captions, each word with a synonym half the time."""
-    words = paraphrases(scene)[rng.integers(len(paraphrases(scene)))].split()
+    captions = paraphrases(scene)
+    words = captions[rng.integers(len(captions))].split()
     return " ".join(SYNONYMS[w][rng.integers(len(SYNONYMS[w]))] if w in SYNONYMS and rng.random() < 0.5 else w
                     for w in words)
 
@@ -275,8 +276,8 @@ def train_student(base: dict, csv_path: Path, keep: Path | None, seed: int, out:
     return ablation.row(run(config_lib.from_dict(data), out, overwrite=True))  # no results.json: unfinished
 
 
-def keep_lists(out: Path, plan: Plan, clean_rows: int, cid: np.ndarray, semdedup: np.ndarray,
-               clean_cid: np.ndarray, seeds: list[int]) -> dict:
+def keep_lists(out: Path, plan: Plan, cid: np.ndarray, semdedup: np.ndarray, clean_cid: np.ndarray,
+               seeds: list[int]) -> dict:
     """Arm -> seed -> keep.npy path (None: every row). The random arm draws anew for each seed."""
     lists = out / "keep"
     lists.mkdir(exist_ok=True)
@@ -289,10 +290,8 @@ def keep_lists(out: Path, plan: Plan, clean_rows: int, cid: np.ndarray, semdedup
              "oracle": saved("oracle", np.flatnonzero(plan.copy == 0)), "clean_full": None,
              "clean_cid": saved("clean_cid", clean_cid)}
     arms = {arm: {s: path for s in seeds} for arm, path in fixed.items()}
-    arms["random"] = {s: saved(f"random_seed{s}", np.random.default_rng([s, 99]).choice(len(plan.group), len(cid),
-                                                                                          replace=False))
-                      for s in seeds}
-    assert clean_rows >= len(clean_cid)
+    draw = {s: np.random.default_rng([s, 99]).choice(len(plan.group), len(cid), replace=False) for s in seeds}
+    arms["random"] = {s: saved(f"random_seed{s}", rows) for s, rows in draw.items()}
     return {arm: arms[arm] for arm in ARMS}
 
 
@@ -355,13 +354,14 @@ def main(argv: list[str] | None = None) -> None:
     pool_x, pool_plan = embeddings(caches["pool"]), plans["pool"][0]
     epsilon, sweeps = {}, {}
     for mode in ("cid", "semdedup"):
-        epsilon[mode], sweeps[mode] = choose_epsilon(pool_x, pool_plan, mode=mode, work_dir=out / "pool" / f"sweep_{mode}")
+        sweep_dir = out / "pool" / f"sweep_{mode}"
+        epsilon[mode], sweeps[mode] = choose_epsilon(pool_x, pool_plan, mode=mode, work_dir=sweep_dir)
         log.info("ε(%s) = %.4f on the labelled pool", mode, epsilon[mode])
     plan, clean_plan = plans["planted"][0], plans["clean"][0]
     cid = curated(caches["planted"], out / "curated_cid", mode="cid", epsilon=epsilon["cid"])
     semdedup = curated(caches["planted"], out / "curated_semdedup", mode="semdedup", epsilon=epsilon["semdedup"])
     clean_cid = curated(caches["clean"], out / "curated_clean_cid", mode="cid", epsilon=epsilon["cid"])
-    keeps = keep_lists(out, plan, args.rows, cid, semdedup, clean_cid, seeds)
+    keeps = keep_lists(out, plan, cid, semdedup, clean_cid, seeds)
 
     result = {"teacher": ablation.row(teacher_results), "teacher_path": teacher["teacher"]["path"],
               "similarity": {name: similarity_profile(embeddings(caches[name]), plans[name][0]) for name in plans},
