@@ -41,3 +41,7 @@ def test_cid_data_is_what_the_commands_write(tmp_path, space):
     else:  # a rerun (the ablation's after a kill) reuses the complete cache and writes the same keep list
         again = prepare_cid_data(subset_config(), out_dir=tmp_path, label_clusters=4, space=space)
         np.testing.assert_array_equal(np.load(again.keep), keep)
+        # ε itself (CLIP-CID's setting): the ε that removed 43.7 % keeps the same rows.
+        by_eps = prepare_cid_data(subset_config(), out_dir=tmp_path, label_clusters=4, threshold=report["threshold"])
+        assert json.loads((tmp_path / "curated" / "report.json").read_text())["threshold"] == report["threshold"]
+        np.testing.assert_array_equal(np.load(by_eps.keep), keep)

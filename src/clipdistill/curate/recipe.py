@@ -7,7 +7,7 @@
 which is what these commands do (shared by ``clipdistill demo`` and ``bench/ablation.py``)::
 
     clipdistill cache SUBSET.yaml --out DIR/cache cache.views=1 'data.scale=[1.0,1.0]'
-    clipdistill curate --embeddings DIR/cache --out DIR/curated --target-removal 0.437
+    clipdistill curate --embeddings DIR/cache --out DIR/curated --target-removal 0.437   # or --threshold ε
     clipdistill cluster --embeddings DIR/cache --tower image --clusters 64 --out DIR
 
 The cache holds one view per sample, the whole image (crop scale 1): curation compares images, not
@@ -46,10 +46,11 @@ def cid_losses(centroids: str | Path, cluster_weight: float = 1.0, instance_weig
             "cid_instance": {"weight": instance_weight}}
 
 
-def prepare_cid_data(subset_config, *, out_dir: str | Path, target_removal: float = 0.437, label_clusters: int = 64,
-                     space: str = "image", seed: int = 0, progress: bool = False) -> CIDData:
+def prepare_cid_data(subset_config, *, out_dir: str | Path, target_removal: float = 0.437, threshold: float | None = None,
+                     label_clusters: int = 64, space: str = "image", seed: int = 0, progress: bool = False) -> CIDData:
     """Embed the subset ``subset_config`` describes (its ``teacher`` and ``data`` sections: every row of
-    its dataset), balance it and cluster it. Every output lands in ``out_dir``."""
+    its dataset), balance it and cluster it. Every output lands in ``out_dir``. ``threshold`` (ε, CLIP-CID's
+    own setting) replaces ``target_removal`` when given."""
     from clipdistill.cache.command import build_cache  # torch and the models, only when a cache is written
 
     out = Path(out_dir)
@@ -57,8 +58,9 @@ def prepare_cid_data(subset_config, *, out_dir: str | Path, target_removal: floa
     build_cache(whole_image_views(subset_config), str(cache))
     quiet = [] if progress else ["--no-progress"]
     cached = read_cache(cache, text=space == "both")
+    how = ["--threshold", repr(threshold)] if threshold is not None else ["--target-removal", str(target_removal)]
     curate_command.main(["--embeddings", _curation_input(cached, space, out), "--out", str(out / "curated"),
-                         "--target-removal", str(target_removal), "--seed", str(seed), *quiet])
+                         *how, "--seed", str(seed), *quiet])
     cluster_command.main(["--embeddings", str(cache), "--tower", "image", "--clusters", str(label_clusters),
                           "--out", str(out), "--seed", str(seed), *quiet])
     report = json.loads((out / "curated" / "report.json").read_text())
