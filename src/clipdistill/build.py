@@ -57,9 +57,10 @@ def targets_from(teacher: config_lib.TeacherConfig, augmentation: Augmentation, 
     return LiveTeacherTargets(teacher_from(teacher, device), device)
 
 
-def objective_from(losses: dict, student: Student, targets, local_loss: bool) -> Objective:
+def objective_from(losses: dict, student: Student, targets, local_loss: bool, heads: str = "per_loss") -> Objective:
     return build_objective(losses, student_dim=student.embed_dim,
-                           teacher_dim=targets.dim if targets is not None else None, local_loss=local_loss)
+                           teacher_dim=targets.dim if targets is not None else None, local_loss=local_loss,
+                           heads=heads)
 
 
 def local_loss_from(train: config_lib.TrainConfig, world_size: int) -> bool:

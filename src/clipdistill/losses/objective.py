@@ -6,6 +6,8 @@ from torch import nn
 
 from clipdistill.distributed import gather_embeddings, local_rows
 from clipdistill.embeddings import Embeddings
+from clipdistill.errors import UserError
+from clipdistill.losses.heads import HEADS, share_heads
 from clipdistill.losses.registry import get, needs_teacher
 
 
@@ -41,6 +43,12 @@ class Objective(nn.Module):
     def student_patch_dropout(self) -> float:
         """The patch-dropout ratio some term (mfd) asks the student's image tower to train with; 0 if none."""
         return max((getattr(loss, "student_patch_dropout", 0.0) for loss in self.terms.values()), default=0.0)
+
+    @property
+    def student_masked_view(self) -> float:
+        """The patch-dropout ratio of an extra, masked image forward some term (mfd masked=feature_only)
+        reads as ``extras["masked_image"]``, while every other term sees the full image; 0 if none."""
+        return max((getattr(loss, "student_masked_view", 0.0) for loss in self.terms.values()), default=0.0)
 
     @property
     def student_logit_bias(self) -> float | None:
@@ -83,17 +91,22 @@ def _module_key(name: str) -> str:
 
 def _float32(embeddings: Embeddings) -> Embeddings:
     bias = embeddings.logit_bias
+    extras = {k: v.float() if v.is_floating_point() else v for k, v in embeddings.extras.items()}
     return embeddings.with_(image=embeddings.image.float(), text=embeddings.text.float(),
                             logit_scale=torch.as_tensor(embeddings.logit_scale).float(),
-                            logit_bias=None if bias is None else torch.as_tensor(bias).float())
+                            logit_bias=None if bias is None else torch.as_tensor(bias).float(), extras=extras)
 
 
 def build_objective(specs: dict[str, dict], student_dim: int, teacher_dim: int | None,
-                    local_loss: bool = False) -> Objective:
+                    local_loss: bool = False, heads: str = "per_loss") -> Objective:
     """``specs``: name -> {"weight": w, **loss kwargs}, as in a config's ``losses`` section.
 
-    A name is a registered loss (``clipdistill.losses.names()``) or ``module:Class``.
+    A name is a registered loss (``clipdistill.losses.names()``) or ``module:Class``. ``heads``
+    (``train.heads``): ``per_loss``, each term its own projection head and scale; ``shared``, one head
+    and one cross scale for all terms, as the CLIP-KD reference (:func:`~clipdistill.losses.heads.share_heads`).
     """
+    if heads not in HEADS:
+        raise UserError(f"train.heads must be one of {', '.join(HEADS)}, got {heads!r}")
     terms, weights = {}, {}
     for name, spec in specs.items():
         kwargs = dict(spec)
@@ -102,4 +115,6 @@ def build_objective(specs: dict[str, dict], student_dim: int, teacher_dim: int |
             kwargs.setdefault("student_dim", student_dim)
             kwargs.setdefault("teacher_dim", teacher_dim)
         terms[name] = get(name, **kwargs)
+    if heads == "shared":
+        share_heads(terms)
     return Objective(terms, weights, local_loss=local_loss)
