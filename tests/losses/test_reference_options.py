@@ -103,7 +103,8 @@ def test_shared_heads_are_one_parameter_set():
     heads = [loss.project for loss in terms.values() if hasattr(loss, "project")]
     assert len(heads) == 7 and all(h is heads[0] for h in heads)  # fd icl cross_kd gd afd cid_instance cid_cluster
     cross = [terms[name].cross_scale for name in ("icl", "cross_kd", "cid_instance")]
-    assert all(c is cross[0] for c in cross) and terms["afd"].fusion_scale is not cross[0]  # AFD: its own, as the reference
+    assert all(c is cross[0] for c in cross)
+    assert terms["afd"].fusion_scale is not cross[0]  # AFD's scale is its own, as the reference's
     per_loss = make_model(CASES["every_head"])
     n_shared = sum(p.numel() for p in model.objective.parameters())
     n_per_loss = sum(p.numel() for p in per_loss.objective.parameters())

@@ -148,7 +148,8 @@ def test_training_run_with_feature_only_and_shared_heads(tmp_path):
         "data.workers=0", "train.batch_size=16", "train.steps=2", "train.log_every=1", "train.progress=false",
         "eval.retrieval=", "eval.zero_shot=", "optim.warmup_steps=1", "train.heads=shared", "train.accum_steps=2",
         "losses.clip.weight=1.0", "losses.mfd.weight=3.9", "losses.mfd.masked=feature_only",
-        "losses.mfd.mask_ratio=0.5", "losses.icl.weight=1.0", "losses.icl.scale_param=raw", "losses.icl.init_scale=2.659"])
+        "losses.mfd.mask_ratio=0.5", "losses.icl.weight=1.0", "losses.icl.scale_param=raw",
+        "losses.icl.init_scale=2.659"])
     run(cfg, tmp_path)
     state = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "checkpoints")[-1])
     objective = state["objective"]
