@@ -47,6 +47,16 @@ METHODS = {
     "soft_clip": {"clip": {"weight": 1.0}, "soft_clip": {"weight": 1.0}},
     "affinity": {"clip": {"weight": 1.0}, "affinity": {"weight": 1.0, "scale": 50.0}},
     "clipkd": {"clip": {"weight": 1.0}, "crd": {"weight": 1.0}, "fd": {"weight": 3.9}, "icl": {"weight": 1.0}},
+    # issue 18: the reference's raw cross scale (κ = p from ln(1/0.07) = 2.659) against exp (κ = exp(p) from 1/0.07);
+    # MFD's mask ratio, and masking every term (all) or only the feature term (feature_only).
+    # (train.heads=shared is a train option, not a losses entry: see docs/results.md for its runs.)
+    "icl_raw": {"clip": {"weight": 1.0}, "icl": {"weight": 1.0, "scale_param": "raw", "init_scale": 2.659}},
+    "clipkd_raw": {"clip": {"weight": 1.0}, "crd": {"weight": 1.0}, "fd": {"weight": 3.9},
+                   "icl": {"weight": 1.0, "scale_param": "raw", "init_scale": 2.659}},
+    **{f"mfd_r{r}": {"clip": {"weight": 1.0}, "mfd": {"weight": 3.9, "mask_ratio": r}} for r in (0.25, 0.5)},
+    **{f"mfd_feature_only_r{r}": {"clip": {"weight": 1.0},
+                                  "mfd": {"weight": 3.9, "mask_ratio": r, "masked": "feature_only"}}
+       for r in (0.25, 0.5, 0.75)},
 }
 RECALLS = [f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)]
 

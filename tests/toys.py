@@ -26,6 +26,16 @@ CASES["cid_cluster_partial_fc"] = {"cid_cluster": {"centroids": _CENTROIDS, "sam
 CASES["sigmoid"] = {"siglip": {"weight": 1.0}, "sigmoid_kd": {"weight": 1.0, "teacher_scale": 10.0}}
 CASES["clipcid"] = {"clip": {"weight": 1.0}, "cid_cluster": {"weight": 1.0, "centroids": _CENTROIDS[:5]},
                     "cid_instance": {"weight": 1.0}}
+# The CLIP-KD reference's scales: κ learned raw (not exp), from ln(1/0.07) = 2.659.
+RAW = {"scale_param": "raw", "init_scale": 2.659}
+CASES["reference_scales"] = {"icl": dict(RAW), "cross_kd": dict(RAW), "afd": dict(RAW), "cid_instance": dict(RAW)}
+# Every term that owns a head, for train.heads=shared (one head, and one cross scale, for all of them).
+CASES["every_head"] = {"clip": {"weight": 1.0}, "fd": {"weight": 3.9}, "icl": dict(RAW), "cross_kd": dict(RAW),
+                       "gd": {"weight": 0.5}, "afd": {"weight": 0.5}, "cid_instance": dict(RAW),
+                       "cid_cluster": {"weight": 0.5, "centroids": _CENTROIDS[:5]}}
+HEADS = ("per_loss", "shared")
+# The cases the 2-rank check also runs with train.heads=shared (their terms share heads and scales).
+SHARED_CASES = ("clipkd", "clipcid", "every_head")
 
 
 class ToyStudent(nn.Module):
@@ -52,19 +62,19 @@ def make_inputs():
     return images, tokens, teacher
 
 
-def make_model(specs, local_loss=False, seed=0):
+def make_model(specs, local_loss=False, seed=0, heads="per_loss"):
     torch.manual_seed(seed)
-    return Distiller(ToyStudent(), build_objective(specs, student_dim=D_S, teacher_dim=D_T, local_loss=local_loss))
-
-
+    return Distiller(ToyStudent(), build_objective(specs, student_dim=D_S, teacher_dim=D_T, local_loss=local_loss,
+                                                   heads=heads))
 
 
 # Two teachers of different widths and scales (an ensemble): the second's embeddings are D_T2 wide.
 D_T2 = 7
 ENSEMBLE_WEIGHTS = (2.0, 1.0)
 # Every loss that takes a teacher, and the recipes, each with the two teachers.
+# cid_cluster's fixed centroids live in one teacher's space: no ensemble case holds it.
 ENSEMBLE_CASES = {name: specs for name, specs in CASES.items()
-                  if losses.needs_teacher(specs) and name not in ("cid_cluster", "cid_cluster_partial_fc", "clipcid")}
+                  if losses.needs_teacher(specs) and not any(term.startswith("cid_cluster") for term in specs)}
 ENSEMBLE_CASES["clipcid"] = {"clip": {"weight": 1.0}, "cid_instance": {"weight": 1.0}}
 
 
@@ -78,7 +88,7 @@ def make_ensemble_inputs():
     return images, tokens, TeacherEnsemble.weighted([first, second], ENSEMBLE_WEIGHTS)
 
 
-def make_ensemble_model(specs, local_loss=False, seed=0):
+def make_ensemble_model(specs, local_loss=False, seed=0, heads="per_loss"):
     torch.manual_seed(seed)
     return Distiller(ToyStudent(), build_objective(specs, student_dim=D_S, teacher_dim=[D_T, D_T2],
-                                                   local_loss=local_loss))
+                                                   local_loss=local_loss, heads=heads))

@@ -121,9 +121,10 @@ def _single_targets(teacher: config_lib.TeacherConfig, augmentation: Augmentatio
     return LiveTeacherTargets(teacher_from(teacher, device), device, keys)
 
 
-def objective_from(losses: dict, student: Student, targets, local_loss: bool) -> Objective:
+def objective_from(losses: dict, student: Student, targets, local_loss: bool, heads: str = "per_loss") -> Objective:
     return build_objective(losses, student_dim=student.embed_dim,
-                           teacher_dim=targets.dims if targets is not None else None, local_loss=local_loss)
+                           teacher_dim=targets.dims if targets is not None else None, local_loss=local_loss,
+                           heads=heads)
 
 
 def local_loss_from(train: config_lib.TrainConfig, world_size: int) -> bool:

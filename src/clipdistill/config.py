@@ -113,6 +113,9 @@ class TrainConfig:
     # local rows x global columns in every contrastive term (logit memory linear in the global batch):
     # true | false | auto (on when there is more than one rank)
     local_loss: Union[bool, str] = "auto"
+    # projection heads of the KD terms: per_loss (each term its own head and scale) | shared (one head,
+    # and one cross scale for icl / cross_kd / cid_instance, for all terms, as the CLIP-KD reference)
+    heads: str = "per_loss"
     compile: str = "off"  # torch.compile: off | student | all (student and objective); falls back to eager
 
 

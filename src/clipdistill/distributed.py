@@ -105,7 +105,8 @@ def gather_embeddings(emb: Embeddings, with_grad: bool) -> Embeddings:
     if not is_distributed():
         return emb
     gather = _gather_with_grad if with_grad else _gather_no_grad
-    extras = {k: _gather_no_grad(v) for k, v in emb.extras.items()}
+    # Extras that carry a gradient (mfd's masked image view) are gathered like the embeddings.
+    extras = {k: (gather if v.requires_grad else _gather_no_grad)(v) for k, v in emb.extras.items()}
     return emb.with_(image=gather(emb.image), text=gather(emb.text), extras=extras)
 
 

@@ -167,7 +167,7 @@ def test_instance_cross_half_is_icl_and_gradients_flow():
     assert cid(s, t).item() == pytest.approx(icl(s, t).item(), rel=1e-6)
     full = losses.get("cid_instance", student_dim=6, teacher_dim=8)
     full(s, t).backward()
-    assert full.log_scale.grad is not None and s.image.grad.abs().sum() > 0
+    assert full.cross_scale.param.grad is not None and s.image.grad.abs().sum() > 0
 
 
 def test_instance_small_when_student_equals_teacher():

@@ -32,7 +32,7 @@ def grads(model):
 # ------------------------------------------------------------------ one teacher is today's objective
 
 # Every CASES term on the toy inputs, computed at commit 83db2f7 (before ensembles existed; crd_image,
-# added alongside, at 12136f7).
+# added alongside, at 12136f7; reference_scales and every_head at methods bda9209, where every other value agreed).
 BEFORE_ENSEMBLES = json.loads((Path(__file__).parent / "before_ensembles.json").read_text())
 
 
@@ -116,7 +116,7 @@ def _reference(name, model, images, tokens, ensemble):
             copy = model.objective.terms["cross_kd"].copies[k]
             with torch.no_grad():
                 image, text = (F.normalize(x, dim=-1).double() for x in copy.project(student, member))
-            kappa = copy.log_scale.exp().double()
+            kappa = copy.cross_scale().double()
             value = (_kl(_mobileclip_target(members, WEIGHTS, True, scales), kappa * image @ member.text.double().T)
                      + _kl(_mobileclip_target(members, WEIGHTS, False, scales), kappa * text @ member.image.double().T))
             total = total + weight * value / 2
@@ -250,9 +250,25 @@ def test_learnable_scales_of_every_copy_are_clamped():
     copies = model.objective.terms["icl"].copies
     with torch.no_grad():
         for copy in copies:
-            copy.log_scale.fill_(math.log(copy.max_scale) + 0.5)
+            copy.cross_scale.param.fill_(math.log(copy.cross_scale.max_scale) + 0.5)
     model.objective.clamp_scales_()
-    assert all(copy.log_scale.exp().item() == pytest.approx(copy.max_scale, rel=1e-6) for copy in copies)
+    assert all(copy.cross_scale().item() == pytest.approx(copy.cross_scale.max_scale, rel=1e-6) for copy in copies)
 
 
 # Two teachers on two ranks: tests/train/test_distributed.py runs ENSEMBLE_CASES in its one spawn of two processes.
+
+
+def test_shared_heads_with_two_teachers_share_one_head_per_teacher():
+    # train.heads=shared with an ensemble: every term's copy for teacher k projects through teacher k's one head.
+    model = make_ensemble_model({"fd": {}, "icl": {}, "cross_kd": {}}, heads="shared")
+    terms = model.objective.terms
+    for k, width in enumerate((D_T, D_T2)):
+        heads = {id(terms[name].copies[k].project) for name in ("fd", "icl", "cross_kd")}
+        scales = {id(terms[name].copies[k].cross_scale) for name in ("icl", "cross_kd")}
+        assert len(heads) == 1 and len(scales) == 1
+        assert terms["fd"].copies[k].project.image.out_features == width
+    assert terms["fd"].copies[0].project is not terms["fd"].copies[1].project
+    images, tokens, ensemble = make_ensemble_inputs()
+    total, _ = model(images, tokens, ensemble)
+    total.backward()
+    assert all(terms["fd"].copies[k].project.image.weight.grad.abs().sum() > 0 for k in (0, 1))

@@ -9,6 +9,7 @@ import torch
 
 from clipdistill import losses
 from clipdistill.losses.objective import build_objective
+from clipdistill.losses.scales import LearnableScale
 from clipdistill.train.optim import build_optimizer
 from clipdistill.train.step import train_step
 from toys import CASES, D_S, D_T, make_inputs, make_model
@@ -92,20 +93,39 @@ def _scaled_terms():
                                                            teacher_dim=D_T), "clamp_")]
 
 
+REFERENCE_SCALED = ("icl", "cross_kd", "afd", "cid_instance")  # init_scale and scale_param (exp | raw)
+
+
 def test_the_reference_learnable_scales_are_clamped():
-    assert {"icl", "cross_kd", "afd", "cid_instance"} <= set(_scaled_terms())
+    assert set(REFERENCE_SCALED) <= set(_scaled_terms())
 
 
+@pytest.mark.parametrize("scale_param", ["exp", "raw"])
 @pytest.mark.parametrize("name", _scaled_terms())
-def test_scale_above_the_cap_has_gradient_and_is_clamped_after_the_step(name):
-    model = make_model(CASES[name])
-    loss = model.objective.terms[name]
-    with torch.no_grad():
-        loss.log_scale.fill_(math.log(loss.max_scale) + 0.5)  # as if an update had pushed it over
+def test_scale_above_the_cap_has_gradient_and_is_clamped_after_the_step(name, scale_param):
+    specs = {name: {**CASES[name][name], "scale_param": scale_param}} if name in REFERENCE_SCALED else CASES[name]
+    model = make_model(specs)
+    scales = [m for m in model.objective.terms[name].modules() if isinstance(m, LearnableScale)]
+    assert scales, name  # a term with clamp_() holds its scale as a LearnableScale
+    for scale in scales:
+        above = math.log(scale.max_scale) + 0.5 if scale.kind == "exp" else scale.max_scale + 5.0
+        with torch.no_grad():
+            scale.param.fill_(above)  # as if an update had pushed it over
     images, tokens, teacher = make_inputs()
     model(images, tokens, teacher)[0].backward()
-    assert loss.log_scale.grad is not None and loss.log_scale.grad.abs() > 0  # a forward clamp would give 0
+    for scale in scales:  # a forward clamp would give 0
+        assert scale.param.grad is not None and scale.param.grad.abs() > 0
     optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.98), eps=1e-6)
     train_step(model, {"student_image": images, "student_text": tokens}, teacher, optimizer=optimizer,
                lr=0.05, device=torch.device("cpu"), precision="fp32", grad_clip=0.0, step=0)
-    assert loss.log_scale.exp().item() == pytest.approx(loss.max_scale, rel=1e-6)
+    for scale in scales:
+        assert scale().item() == pytest.approx(scale.max_scale, rel=1e-6)
+
+
+def test_a_raw_scale_pushed_below_zero_is_clamped_to_zero():
+    model = make_model({"icl": {"scale_param": "raw", "init_scale": 2.659}})
+    scale = model.objective.terms["icl"].cross_scale
+    with torch.no_grad():
+        scale.param.fill_(-1.0)  # a negative scale would turn every similarity around
+    model.objective.clamp_scales_()
+    assert scale().item() == 0.0

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from clipdistill import Embeddings, losses
+from clipdistill.errors import UserError
 from clipdistill.losses.gd import infonce_gradients
 
 
@@ -115,8 +116,12 @@ def test_gd_raw_zero_at_teacher_positive_elsewhere_and_multiplies_by_temperature
 def test_mfd_declares_patch_dropout_and_checks_ratio():
     assert losses.get("mfd").student_patch_dropout == 0.75
     assert losses.get("mfd", mask_ratio=0.5).student_patch_dropout == 0.5
-    with pytest.raises(ValueError, match="mask_ratio"):
+    with pytest.raises(UserError, match="mask_ratio"):  # one line at the CLI, not a traceback
         losses.get("mfd", mask_ratio=1.0)
+    with pytest.raises(UserError, match="masked must be one of all, feature_only"):
+        losses.get("mfd", masked="task")
+    feature_only = losses.get("mfd", mask_ratio=0.5, masked="feature_only")
+    assert feature_only.student_patch_dropout == 0.0 and feature_only.student_masked_view == 0.5
 
 
 # Every loss's gradient check (student yes, teacher never) enumerates losses.names(): tests/losses/test_every_loss.py

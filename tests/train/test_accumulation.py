@@ -3,20 +3,21 @@ import pytest
 import torch
 
 from clipdistill.train.step import accumulate_gradients
-from toys import CASES, ToyStudent, make_inputs, make_model
+from toys import CASES, HEADS, ToyStudent, make_inputs, make_model
 
 
 def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("heads", HEADS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_accumulating_two_halves_equals_one_batch(case):
+def test_accumulating_two_halves_equals_one_batch(case, heads):
     images, tokens, teacher = make_inputs()
-    whole = make_model(CASES[case])
+    whole = make_model(CASES[case], heads=heads)
     accumulate_gradients(whole, images, tokens, teacher, accum_steps=1, device=torch.device("cpu"),
                          precision="fp32", step=1)
-    split = make_model(CASES[case])
+    split = make_model(CASES[case], heads=heads)
     accumulate_gradients(split, images, tokens, teacher, accum_steps=2, device=torch.device("cpu"),
                          precision="fp32", step=1)
     expected, got = grads(whole), grads(split)

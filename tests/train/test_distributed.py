@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from clipdistill.data.bad_samples import KINDS
-from toys import CASES, ENSEMBLE_CASES, N, make_ensemble_inputs, make_ensemble_model, make_inputs, make_model
+from toys import (CASES, ENSEMBLE_CASES, N, SHARED_CASES, make_ensemble_inputs, make_ensemble_model, make_inputs,
+                  make_model)
 
 def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -37,14 +38,15 @@ def _worker(rank, world, init_file, out_file):
     local_teacher = teacher.with_(image=teacher.image[rows], text=teacher.text[rows])
     results = {}
     for local_loss in (False, True):
-        for case, specs in CASES.items():
-            model = DistributedDataParallel(make_model(specs, local_loss), find_unused_parameters=True)
+        for case, heads in [*((case, "per_loss") for case in CASES), *((case, "shared") for case in SHARED_CASES)]:
+            model = DistributedDataParallel(make_model(CASES[case], local_loss, heads=heads),
+                                            find_unused_parameters=True)
             total, terms = model(images[rows], tokens[rows], local_teacher)
             total.backward()
             # In local_loss mode each rank holds its share: the logged value is the mean over ranks.
             total = total.detach().clone()
             dist.all_reduce(total)
-            results[(case, local_loss)] = {"total": total / world, "grads": whole_grads(model.module)}
+            results[(case, heads, local_loss)] = {"total": total / world, "grads": whole_grads(model.module)}
     # Two teachers of different widths (each its own heads): the same equivalence, in the same processes.
     images, tokens, ensemble = make_ensemble_inputs()
     local_ensemble = ensemble.map(lambda m: m.with_(image=m.image[rows], text=m.text[rows]))
@@ -79,14 +81,15 @@ def test_heads_start_identical_on_every_rank(two_rank_results):
 
 
 @pytest.mark.parametrize("local_loss", [False, True], ids=["global", "local_loss"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_two_ranks_equal_one_process(two_rank_results, case, local_loss):
+@pytest.mark.parametrize("case, heads", [*((case, "per_loss") for case in CASES),
+                                         *((case, "shared") for case in SHARED_CASES)])
+def test_two_ranks_equal_one_process(two_rank_results, case, heads, local_loss):
     images, tokens, teacher = make_inputs()
-    single = make_model(CASES[case])
+    single = make_model(CASES[case], heads=heads)
     total, _ = single(images, tokens, teacher)
     total.backward()
     expected = grads(single)
-    got = two_rank_results[(case, local_loss)]
+    got = two_rank_results[(case, heads, local_loss)]
     assert got["total"].item() == pytest.approx(total.item(), abs=1e-5)
     assert set(got["grads"]) == set(expected)
     for name, grad in expected.items():
@@ -118,7 +121,7 @@ def test_siglip_on_two_ranks_equals_open_clip_on_the_whole_batch(two_rank_result
         whole = make_model(CASES["siglip"]).embed(images, tokens)
         expected = open_clip.loss.SigLipLoss()(F.normalize(whole.image, dim=-1), F.normalize(whole.text, dim=-1),
                                                whole.logit_scale, whole.logit_bias)
-    assert two_rank_results[("siglip", local_loss)]["total"].item() == pytest.approx(expected.item(), abs=1e-5)
+    assert two_rank_results[("siglip", "per_loss", local_loss)]["total"].item() == pytest.approx(expected.item(), abs=1e-5)
 
 
 # --- data.max_bad_fraction under DDP: the real training loop on 2 gloo ranks, where only rank 1 skips samples.

@@ -69,7 +69,7 @@ def test_two_teachers_live_then_from_two_caches(tmp_path, teacher_files):
     final = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "cached" / "checkpoints")[-1])
     assert final["objective"]["terms.fd.copies.0.project.image.weight"].shape == (96, 64)
     assert not any(key.startswith("terms.fd.copies.1.") for key in final["objective"])
-    assert {"terms.icl.copies.0.log_scale", "terms.icl.copies.1.log_scale"} <= set(final["objective"])
+    assert {"terms.icl.copies.0.cross_scale.log_scale", "terms.icl.copies.1.cross_scale.log_scale"} <= set(final["objective"])
 
     # Killed after step 2, resumed: the same weights and heads as the uninterrupted run.
     shutil.copytree(tmp_path / "cached", tmp_path / "resumed")

@@ -20,7 +20,7 @@ def test_heads_and_scales_are_optimized_and_clipped():
     optimizer = build_optimizer(model, lr=0.1, weight_decay=0.0, betas=(0.9, 0.98), eps=1e-6)
     optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
     head = model.objective.terms["fd"].project.image.weight
-    icl_scale = model.objective.terms["icl"].log_scale
+    icl_scale = model.objective.terms["icl"].cross_scale.param
     assert id(head) in optimized and id(icl_scale) in optimized
     images, tokens, teacher = make_inputs()
     before = head.detach().clone()

@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 from clipdistill.embeddings import Embeddings
-from clipdistill.losses.functional import clamp_log_scale_, infonce, learnable_log_scale
+from clipdistill.losses.functional import infonce
 from clipdistill.losses.heads import TeacherSpaceProjection
 from clipdistill.losses.registry import register
+from clipdistill.losses.scales import LearnableScale
 
 
 @register("cid_instance")
@@ -17,8 +18,9 @@ class CIDInstanceLoss(nn.Module):
     loss = ½[CE(κ ŝ_v t_tᵀ) + CE(κ ŝ_t t_vᵀ)]                      (cross-modal, = ``icl``)
          + ½[CE(κ ŝ_v t_vᵀ) + CE(κ ŝ_t t_tᵀ)]   if ``intra_modal``   (each tower against its teacher twin)
 
-    ŝ = normalize(P(s)) (a head per tower when D_s ≠ D_t), κ = exp(learnable log-scale), init 1/0.07,
-    clamped at 100. The intra-modal half is on by default: it is what distinguishes CLIP-CID's instance
+    ŝ = normalize(P(s)) (a head per tower when D_s ≠ D_t), κ learnable (``cross_scale``: by default
+    exp(p) from 1/0.07, clamped at 100; ``scale_param="raw"`` learns κ itself, as CLIP-KD's reference
+    does for its cross scale; with ``train.heads=shared`` head and κ are icl's). The intra-modal half is on by default: it is what distinguishes CLIP-CID's instance
     term from CLIP-KD's ICL (the paper does not release code; we document this reading in docs/clip_cid.md).
     Shapes: student (N, D_s) raw, teacher (N, D_t) normalized.
 
@@ -29,26 +31,26 @@ class CIDInstanceLoss(nn.Module):
     Args:
         student_dim, teacher_dim, always_project: projection heads, as in ``fd``.
         intra_modal: add the image→teacher-image and text→teacher-text terms.
-        init_scale, max_scale: κ's start and ceiling.
+        init_scale, max_scale: κ's start and ceiling. scale_param: ``exp`` (κ = exp(p)) or ``raw`` (κ = p).
     """
 
     needs_teacher = True
 
     def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None, always_project: bool = False,
-                 intra_modal: bool = True, init_scale: float = 1 / 0.07, max_scale: float = 100.0):
+                 intra_modal: bool = True, init_scale: float = 1 / 0.07, max_scale: float = 100.0,
+                 scale_param: str = "exp"):
         super().__init__()
         self.project = TeacherSpaceProjection(student_dim, teacher_dim, always_project)
-        self.log_scale = learnable_log_scale(init_scale)
-        self.max_scale, self.intra_modal = max_scale, intra_modal
-        self.clamp_()  # an init above the cap starts at the cap
+        self.cross_scale = LearnableScale(init_scale, scale_param, max_scale)
+        self.intra_modal = intra_modal
 
     def clamp_(self) -> None:
-        """κ ≤ max_scale, in place (the objective calls this after every optimizer step)."""
-        clamp_log_scale_(self.log_scale, self.max_scale)
+        """κ within its bounds, in place (the objective calls this after every optimizer step)."""
+        self.cross_scale.clamp_()
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
         image, text = self.project(student, teacher)
-        kappa = self.log_scale.exp()  # kept ≤ max_scale by clamp_() after each step
+        kappa = self.cross_scale()  # kept ≤ max_scale by clamp_() after each step
         rows = student.rows
         loss = 0.5 * (infonce(image, teacher.text, kappa, rows) + infonce(text, teacher.image, kappa, rows))
         if self.intra_modal:

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from clipdistill.embeddings import Embeddings
-from clipdistill.losses.functional import (clamp_log_scale_, kl_rows, learnable_log_scale, target_logits,
-                                           teacher_temperature)
+from clipdistill.losses.functional import kl_rows, target_logits, teacher_temperature
 from clipdistill.losses.heads import TeacherSpaceProjection
 from clipdistill.losses.registry import register
+from clipdistill.losses.scales import LearnableScale
 
 
 @register("cross_kd")
@@ -19,8 +19,14 @@ class CrossKDLoss(nn.Module):
 
     loss = ½[KL(σ(τ_t t_v t_tᵀ/T) ‖ σ(κ ŝ_v t_tᵀ/T)) + KL(σ(τ_t t_t t_vᵀ/T) ‖ σ(κ ŝ_t t_vᵀ/T))]·T²
 
-    ŝ = normalize(P(s)) (a head per tower when D_s ≠ D_t), κ a learnable scale (init 1/0.07, ≤ 100).
+    ŝ = normalize(P(s)) (a head per tower when D_s ≠ D_t), κ a learnable scale (``cross_scale``: by
+    default exp(p) from 1/0.07, ≤ 100; ``scale_param="raw", init_scale=2.659`` is the reference's).
     Where ICL uses hard labels over the teacher's candidates, this uses the teacher's soft ones.
+    Reference: winycg/CLIP-KD, src/open_clip/loss.py @ e151019, ``KDClipLoss.forward`` (L≈320-321):
+    ``cross_kd_loss = (self.kl_loss(logits_per_s_image_to_t_text, t_logits_per_image.detach()) +
+    self.kl_loss(logits_per_s_text_to_t_image, t_logits_per_text.detach())) / 2`` with ``DistillKL(T=1)``
+    and ICL's logits, i.e. ICL's ``cross_logit_scale``, used raw: ``train.heads=shared`` shares κ
+    (and the head) with icl as the reference does.
     Shapes: student (N, D_s) raw, teacher (N, D_t) normalized.
 
     Scales: the student side uses the learnable κ; the teacher side the teacher's own τ_t
@@ -29,6 +35,7 @@ class CrossKDLoss(nn.Module):
     Args:
         student_dim, teacher_dim, always_project: projection heads, as in ``fd``.
         temperature: KD temperature T. init_scale, max_scale: κ's start and ceiling.
+        scale_param: ``exp`` (κ = exp(p)) or ``raw`` (κ = p).
         teacher_scale: replaces τ_t (None: the teacher's own).
     """
 
@@ -36,21 +43,20 @@ class CrossKDLoss(nn.Module):
 
     def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None,
                  always_project: bool = False, temperature: float = 1.0, init_scale: float = 1 / 0.07,
-                 max_scale: float = 100.0, teacher_scale: float | None = None):
+                 max_scale: float = 100.0, teacher_scale: float | None = None, scale_param: str = "exp"):
         super().__init__()
         self.teacher_scale = teacher_scale
         self.project = TeacherSpaceProjection(student_dim, teacher_dim, always_project)
-        self.log_scale = learnable_log_scale(init_scale)
-        self.max_scale, self.temperature = max_scale, temperature
-        self.clamp_()  # an init above the cap starts at the cap
+        self.cross_scale = LearnableScale(init_scale, scale_param, max_scale)
+        self.temperature = temperature
 
     def clamp_(self) -> None:
-        """κ ≤ max_scale, in place (the objective calls this after every optimizer step)."""
-        clamp_log_scale_(self.log_scale, self.max_scale)
+        """κ within its bounds, in place (the objective calls this after every optimizer step)."""
+        self.cross_scale.clamp_()
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
         image, text = self.project(student, teacher)
-        kappa = self.log_scale.exp()  # kept ≤ max_scale by clamp_() after each step
+        kappa = self.cross_scale()  # kept ≤ max_scale by clamp_() after each step
         t = self.temperature
         r = student.rows
         tau = partial(teacher_temperature, self.teacher_scale)

@@ -5,7 +5,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
 def diagonal_labels(n: int, device: torch.device) -> torch.Tensor:
@@ -95,19 +94,6 @@ def teacher_temperature(override: float | None, teacher) -> torch.Tensor | float
     """The teacher's softmax scale τ_t: ``override`` when given (a sigmoid teacher's learned scale is
     not a softmax temperature), else the teacher's own ``logit_scale``."""
     return teacher.logit_scale if override is None else override
-
-
-def learnable_log_scale(init_scale: float) -> nn.Parameter:
-    """A scalar parameter holding log(scale); the scale itself is exp() of it, as in CLIP."""
-    return nn.Parameter(torch.tensor(math.log(init_scale)))
-
-
-@torch.no_grad()
-def clamp_log_scale_(log_scale: nn.Parameter, max_scale: float) -> None:
-    """exp(log_scale) ≤ max_scale, in place: after each optimizer step (and at init), never in the forward,
-    where a clamp would zero the gradient above the cap and let the parameter drift (as open_clip
-    clamps the student's own logit scale)."""
-    log_scale.clamp_(max=math.log(max_scale))
 
 
 def relation_loss(student, teacher, row_loss, *, student_scale, teacher_scale, temperature: float = 1.0):

@@ -7,6 +7,8 @@ from torch import nn
 from clipdistill.distributed import gather_embeddings, local_rows
 from clipdistill.embeddings import Embeddings
 from clipdistill.ensemble import TeacherEnsemble
+from clipdistill.errors import UserError
+from clipdistill.losses.heads import HEADS, share_heads
 from clipdistill.losses.registry import get, needs_teacher, resolve
 
 
@@ -50,6 +52,12 @@ class Objective(nn.Module):
     def student_patch_dropout(self) -> float:
         """The patch-dropout ratio some term (mfd) asks the student's image tower to train with; 0 if none."""
         return max((getattr(loss, "student_patch_dropout", 0.0) for loss in self.terms.values()), default=0.0)
+
+    @property
+    def student_masked_view(self) -> float:
+        """The patch-dropout ratio of an extra, masked image forward some term (mfd masked=feature_only)
+        reads as ``extras["masked_image"]``, while every other term sees the full image; 0 if none."""
+        return max((getattr(loss, "student_masked_view", 0.0) for loss in self.terms.values()), default=0.0)
 
     @property
     def student_logit_bias(self) -> float | None:
@@ -140,19 +148,24 @@ def _module_key(name: str) -> str:
 
 def _float32(embeddings: Embeddings) -> Embeddings:
     bias = embeddings.logit_bias
+    extras = {k: v.float() if v.is_floating_point() else v for k, v in embeddings.extras.items()}
     return embeddings.with_(image=embeddings.image.float(), text=embeddings.text.float(),
                             logit_scale=torch.as_tensor(embeddings.logit_scale).float(),
-                            logit_bias=None if bias is None else torch.as_tensor(bias).float())
+                            logit_bias=None if bias is None else torch.as_tensor(bias).float(), extras=extras)
 
 
 def build_objective(specs: dict[str, dict], student_dim: int, teacher_dim: int | list[int] | None,
-                    local_loss: bool = False) -> Objective:
+                    local_loss: bool = False, heads: str = "per_loss") -> Objective:
     """``specs``: name -> {"weight": w, **loss kwargs}, as in a config's ``losses`` section.
 
     A name is a registered loss (``clipdistill.losses.names()``) or ``module:Class``. ``teacher_dim``: the
     teacher's width, or one per teacher of an ensemble; a term that is not ``one_for_all_teachers`` gets one
-    copy per teacher (:class:`PerTeacher`) when there are several.
+    copy per teacher (:class:`PerTeacher`) when there are several. ``heads`` (``train.heads``): ``per_loss``,
+    each term its own projection head and scale; ``shared``, one head and one cross scale for all terms, as
+    the CLIP-KD reference (:func:`~clipdistill.losses.heads.share_heads`); with an ensemble, one per teacher.
     """
+    if heads not in HEADS:
+        raise UserError(f"train.heads must be one of {', '.join(HEADS)}, got {heads!r}")
     teacher_dims = teacher_dim if isinstance(teacher_dim, (list, tuple)) else [teacher_dim]
     terms, weights = {}, {}
     for name, spec in specs.items():
@@ -164,6 +177,9 @@ def build_objective(specs: dict[str, dict], student_dim: int, teacher_dim: int |
             terms[name] = _built(name, kwargs, student_dim, teacher_dims[0])
         else:
             terms[name] = PerTeacher([_built(name, kwargs, student_dim, dim) for dim in teacher_dims])
+    if heads == "shared":
+        for k in range(len(teacher_dims)):  # each teacher's copies share one head (its own width)
+            share_heads({name: term.copies[k] if isinstance(term, PerTeacher) else term for name, term in terms.items()})
     return Objective(terms, weights, local_loss=local_loss)
 
 

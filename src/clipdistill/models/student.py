@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -122,6 +123,32 @@ def build_student(model: str | dict, pretrained: str = "", patch_dropout: float 
     if patch_dropout is not None:
         student.drop_patches(patch_dropout)
     return student
+
+
+@contextmanager
+def patches_dropped(model: nn.Module, ratio: float):
+    """Inside, ``model``'s image tower drops a random ``ratio`` of its patches (training mode only).
+
+    open_clip's own ``PatchDropout``, put in place of the tower's for the forwards inside and taken
+    out after: mfd ``masked=feature_only`` embeds each batch once whole and once masked. It holds no
+    parameters, so swapping it changes nothing the optimizer or DDP see.
+    """
+    from open_clip.transformer import PatchDropout
+
+    visual = model.visual
+    kept = visual.patch_dropout
+    visual.patch_dropout = PatchDropout(float(ratio)).train(visual.training)
+    try:
+        yield
+    finally:
+        visual.patch_dropout = kept
+
+
+def require_patch_dropout(model: nn.Module) -> None:
+    """One line unless ``model`` is an open_clip ViT (whose image tower has a patch-dropout slot)."""
+    if not hasattr(getattr(model, "visual", None), "patch_dropout"):
+        raise UserError(f"patch dropout (loss 'mfd' drops image patches) needs a ViT student: an open_clip ViT "
+                        f"image tower; this student's is {type(getattr(model, 'visual', None)).__name__}")
 
 
 def add_logit_bias(model: nn.Module, init: float = -10.0) -> None:

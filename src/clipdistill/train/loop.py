@@ -122,7 +122,7 @@ def build_parts(cfg: config_lib.Config, ctx) -> Parts:
         if needs_teacher(cfg.losses) else None
     student = build.student_from(cfg.student, teacher=build.tower_teacher(cfg.student, cfg.teacher, targets, ctx.device))
     local_loss = build.local_loss_from(cfg.train, ctx.world_size)
-    objective = build.objective_from(cfg.losses, student, targets, local_loss=local_loss)
+    objective = build.objective_from(cfg.losses, student, targets, local_loss=local_loss, heads=cfg.train.heads)
     if objective.student_patch_dropout:  # mfd: the student's image tower trains on a share of its patches
         student.drop_patches(objective.student_patch_dropout)
     distiller = Distiller(student.model, objective).to(ctx.device)

@@ -12,7 +12,8 @@ from torch import nn
 from clipdistill import distributed
 from clipdistill.embeddings import Embeddings
 from clipdistill.errors import UserError
-from clipdistill.models.student import add_logit_bias
+from clipdistill.losses.mfd import MASKED_IMAGE
+from clipdistill.models.student import add_logit_bias, patches_dropped, require_patch_dropout
 from clipdistill.train.optim import set_lr
 
 log = logging.getLogger("clipdistill.train")
@@ -35,17 +36,30 @@ class Distiller(nn.Module):
             self, distributed.rank_shard_names(self))
         if getattr(objective, "student_logit_bias", None) is not None:  # a sigmoid task loss (siglip)
             add_logit_bias(student, objective.student_logit_bias)
+        self.masked_view = getattr(objective, "student_masked_view", 0.0)  # mfd masked=feature_only
+        if self.masked_view:
+            require_patch_dropout(student)
 
     def embed(self, images: torch.Tensor, tokens: torch.Tensor | None) -> Embeddings:
         """The student's raw embeddings (what every loss receives); ``tokens`` None (caption-free data):
-        text is ``(B, 0)``, which only image-only losses accept."""
+        text is ``(B, 0)``, which only image-only losses accept.
+
+        With a masked view (mfd ``masked=feature_only``) the image tower runs a second time with
+        patch dropout, after the full forwards (so both passes of gradient accumulation draw the same
+        masks); its embeddings go to ``extras["masked_image"]``. Out of training mode patch dropout
+        is off and the masked view is the full one, so it is not computed twice.
+        """
         image = self.student.encode_image(images, normalize=False)
-        return Embeddings(
-            image=image,
-            text=self.student.encode_text(tokens, normalize=False) if tokens is not None else image[:, :0],
-            logit_scale=self.student.logit_scale.exp(),
-            logit_bias=getattr(self.student, "logit_bias", None),
-        )
+        text = self.student.encode_text(tokens, normalize=False) if tokens is not None else image[:, :0]
+        extras = {}
+        if self.masked_view:
+            extras[MASKED_IMAGE] = self._masked_image(images) if self.training else image
+        return Embeddings(image=image, text=text, logit_scale=self.student.logit_scale.exp(),
+                          logit_bias=getattr(self.student, "logit_bias", None), extras=extras)
+
+    def _masked_image(self, images: torch.Tensor) -> torch.Tensor:
+        with patches_dropped(self.student, self.masked_view):
+            return self.student.encode_image(images, normalize=False)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, teacher: Embeddings | None,
                 context: Embeddings | None = None, rows: slice | None = None):
@@ -59,12 +73,19 @@ class Distiller(nn.Module):
         if context is not None:
             student = context.with_(image=_splice(context.image, student.image, rows),
                                     text=_splice(context.text, student.text, rows),
+                                    extras={k: _splice(context.extras[k], v, rows) for k, v in student.extras.items()},
                                     logit_scale=student.logit_scale, logit_bias=student.logit_bias)
         return self.objective(student, teacher)
 
 
 def _splice(full: torch.Tensor, part: torch.Tensor, rows: slice) -> torch.Tensor:
     return torch.cat([full[: rows.start], part, full[rows.stop:]], dim=0)
+
+
+def _concatenated(parts: list[Embeddings]) -> Embeddings:
+    """Micro-batches' embeddings (and their per-row extras) as one batch, in order."""
+    return parts[0].with_(image=torch.cat([p.image for p in parts]), text=torch.cat([p.text for p in parts]),
+                          extras={k: torch.cat([p.extras[k] for p in parts]) for k in parts[0].extras})
 
 
 class NonFiniteLoss(UserError):
@@ -147,7 +168,7 @@ def accumulate_gradients(model: nn.Module, images: torch.Tensor, tokens: torch.T
             rng_states.append(_rng_state(device))
             context.append(distiller.embed(i, t))
     after_context = _rng_state(device)
-    context = context[0].with_(image=torch.cat([c.image for c in context]), text=torch.cat([c.text for c in context]))
+    context = _concatenated(context)
     start = 0
     for j, (i, t) in enumerate(zip(image_chunks, token_chunks)):
         rows = slice(start, start + i.shape[0])
@@ -167,14 +188,15 @@ def accumulate_gradients(model: nn.Module, images: torch.Tensor, tokens: torch.T
 
 
 def _rng_state(device: torch.device):
-    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+    # The CPU generator too on a GPU: open_clip's PatchDropout draws its masks with torch.randn on the CPU.
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
 def _set_rng_state(device: torch.device, state) -> None:
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state, device)
-    else:
-        torch.set_rng_state(state)
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def train_step(model: nn.Module, batch: dict, teacher_embeddings: Embeddings | None, *, optimizer, lr: float,
