@@ -260,16 +260,49 @@ def mean_sd(r: dict, key: str) -> str:
     return f"{r[key]:.1f}" if sd is None else f"{r[key]:.1f} ± {sd:.1f}"
 
 
+def paired_difference(method: dict, reference: dict, key: str = "retrieval_mean_recall") -> dict | None:
+    """``method`` − ``reference`` seed by seed (the same seed: the same init and data order), over their common seeds.
+
+    ``real``: at least two seeds, every seed's difference has the same sign, and the mean difference is
+    more than twice its standard error (sd/√n). None without a common seed.
+    """
+    seeds = sorted(set(method["seeds"]) & set(reference["seeds"]), key=int)
+    if not seeds:
+        return None
+    deltas = [method["seeds"][s][key] - reference["seeds"][s][key] for s in seeds]
+    mean = statistics.fmean(deltas)
+    sd = statistics.stdev(deltas) if len(deltas) > 1 else None
+    same_sign = all(d > 0 for d in deltas) or all(d < 0 for d in deltas)
+    real = sd is not None and same_sign and abs(mean) > 2 * sd / len(deltas) ** 0.5
+    return {"mean": mean, "sd": sd, "seeds": seeds, "per_seed": deltas, "real": real}
+
+
+def difference_cell(delta: dict | None) -> str:
+    if delta is None:
+        return ""
+    text = f"{delta['mean']:+.1f}" + ("" if delta["sd"] is None else f" ± {delta['sd']:.1f}")
+    return text + (" (real)" if delta["real"] else "")
+
+
 def write_outputs(table: dict, out: Path, title: str) -> None:
-    """``table``: {name: aggregate(...)}. Writes DIR/ablation.json, .md (mean ± sd over seeds) and .png."""
+    """``table``: {name: aggregate(...)}. Writes DIR/ablation.json, .md (mean ± sd over seeds) and .png.
+
+    Each student row also gets its paired difference to ``baseline`` (``vs_baseline``, see paired_difference).
+    """
+    for name, r in table.items():
+        if "baseline" in table and name not in ("teacher", "baseline"):
+            r["vs_baseline"] = paired_difference(r, table["baseline"])
     (out / "ablation.json").write_text(json.dumps(table, indent=2))
-    lines = [f"| method | seeds | mean R | {' | '.join(k.replace('_retrieval_recall', '') for k in RECALLS)} | seconds |",
-             "|---|---:|---:|" + "---:|" * len(RECALLS) + "---:|"]
+    lines = [f"| method | seeds | mean R | Δ vs baseline | "
+             f"{' | '.join(k.replace('_retrieval_recall', '') for k in RECALLS)} | seconds |",
+             "|---|---:|---:|---:|" + "---:|" * len(RECALLS) + "---:|"]
     for name, r in table.items():
         cells = " | ".join(mean_sd(r, k) for k in RECALLS)
-        lines.append(f"| {name} | {len(r['seeds'])} | **{mean_sd(r, 'retrieval_mean_recall')}** | {cells} "
-                     f"| {r['seconds']:.0f} |")
-    note = "Mean ± sample sd over the seeds counted in the `seeds` column."
+        lines.append(f"| {name} | {len(r['seeds'])} | **{mean_sd(r, 'retrieval_mean_recall')}** "
+                     f"| {difference_cell(r.get('vs_baseline'))} | {cells} | {r['seconds']:.0f} |")
+    note = ("Mean ± sample sd over the seeds counted in the `seeds` column. Δ vs baseline: mean R minus the "
+            "baseline's, paired by seed (mean ± sd of the per-seed differences); (real): every seed agrees in "
+            "sign and the mean is over twice its standard error.")
     (out / "ablation.md").write_text(f"{title}\n\n{note}\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
     write_plot(table, out / "ablation.png", title)

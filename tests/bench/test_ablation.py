@@ -38,6 +38,25 @@ def test_aggregate_is_the_mean_and_sample_sd_of_each_figure(ablation):
     assert ablation.mean_sd(one, "retrieval_mean_recall") == "20.0"
 
 
+def row_of(ablation, values: dict) -> dict:
+    return ablation.aggregate({seed: ablation.row(results(v / 100)) for seed, v in values.items()})
+
+
+def test_paired_difference_is_taken_seed_by_seed_and_real_only_when_seeds_agree(ablation):
+    base = row_of(ablation, {0: 20.0, 1: 24.0, 2: 22.0})
+    steady = ablation.paired_difference(row_of(ablation, {0: 21.0, 1: 25.5, 2: 23.0}), base)
+    assert steady["per_seed"] == pytest.approx([1.0, 1.5, 1.0]) and steady["mean"] == pytest.approx(7 / 6)
+    assert steady["real"]  # unpaired, 22.0 ± 2.0 vs 23.2 ± 2.3 would look like a tie
+    flips = ablation.paired_difference(row_of(ablation, {0: 23.0, 1: 23.0, 2: 23.0}), base)
+    assert flips["per_seed"] == pytest.approx([3.0, -1.0, 1.0]) and not flips["real"]
+    noisy = ablation.paired_difference(row_of(ablation, {0: 20.1, 1: 28.0, 2: 22.1}), base)  # same sign, mean 1.4 < 2 SE
+    assert noisy["mean"] == pytest.approx(1.4) and not noisy["real"]
+    one_seed = ablation.paired_difference(row_of(ablation, {1: 30.0}), base)
+    assert one_seed["seeds"] == ["1"] and one_seed["mean"] == pytest.approx(6.0) and not one_seed["real"]
+    assert ablation.paired_difference(row_of(ablation, {5: 30.0}), base) is None
+    assert ablation.difference_cell(steady) == "+1.2 ± 0.3 (real)" and ablation.difference_cell(one_seed) == "+6.0"
+
+
 @pytest.mark.parametrize("text", ["0,x", "1,1", "-1", ""])
 def test_bad_seed_lists_stop_with_one_line(ablation, text):
     with pytest.raises(SystemExit, match="--seeds expects"):
@@ -93,7 +112,8 @@ def test_each_student_runs_once_per_seed_and_the_report_gives_mean_and_sd(ablati
     assert crd["retrieval_mean_recall"] == pytest.approx(26.0) and crd["sd"]["retrieval_mean_recall"] == pytest.approx(1.0)
     assert table["teacher"]["sd"]["retrieval_mean_recall"] is None and list(table["teacher"]["seeds"]) == ["0"]
     markdown = (tmp_path / "ablation.md").read_text()
-    assert "| crd | 3 | **26.0 ± 1.0** |" in markdown and "| teacher | 1 | **50.0** |" in markdown
+    assert "| crd | 3 | **26.0 ± 1.0** | +5.0 ± 0.0 (real) |" in markdown and "| teacher | 1 | **50.0** |  |" in markdown
+    assert table["crd"]["vs_baseline"]["per_seed"] == pytest.approx([5.0, 5.0, 5.0])
     assert (tmp_path / "ablation.png").stat().st_size > 0
 
     # Killed and rerun with one more seed: only the new seed's students train; the table covers all four.
