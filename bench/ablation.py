@@ -45,7 +45,7 @@ METHODS = {
     "crd": {"clip": {"weight": 1.0}, "crd": {"weight": 1.0}},
     "fd": {"clip": {"weight": 1.0}, "fd": {"weight": 3.9}},
     "mfd": {"clip": {"weight": 1.0}, "mfd": {"weight": 3.9, "mask_ratio": 0.75}},
-    "gd": {"clip": {"weight": 1.0}, "gd": {"weight": 0.01}},
+    "gd": {"clip": {"weight": 1.0}, "gd": {"weight": 1.0}},
     "icl": {"clip": {"weight": 1.0}, "icl": {"weight": 1.0}},
     "afd": {"clip": {"weight": 1.0}, "afd": {"weight": 1.0}},
     "cross_kd": {"clip": {"weight": 1.0}, "cross_kd": {"weight": 1.0}},
