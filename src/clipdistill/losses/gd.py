@@ -46,6 +46,11 @@ class GDLoss(nn.Module):
     reference divided by it). Shapes: student (N, D_s) raw, teacher (N, D_t) normalized.
     In local_loss mode GD still computes the global batch (exact, only not memory-saving).
 
+    Weight: 1.0, every term's default (the 0.01 of the old ablation was chosen for ``gd_raw``, whose
+    magnitude grew with N·τ²). This form is bounded like the task loss (CLIP's is ln N at chance, a few
+    units in training), so the two share the update at equal weights. Not yet measured on the ablation
+    (docs/results.md says what ran).
+
     Args:
         student_dim, teacher_dim, always_project: projection heads, as in ``fd``.
     """
