@@ -13,6 +13,10 @@ is evaluated on held-out images with all their captions. Writes ``DIR/ablation.j
 retrieval R@1/5/10 both directions, their mean, seconds), ``DIR/ablation.md`` and ``DIR/ablation.png``.
 Killed, the same command reuses the teacher, the cache and every finished method.
 
+``--seeds 0,1,2``: the teacher, its cache and the CID data are made once (seed 0); every student trains
+once per seed (its init and data order), seed 0 in DIR/METHOD, seed N in DIR/seedN/METHOD. The report
+gives each figure's mean ± sd over the finished seeds (sample sd), and the JSON each seed's row too.
+
 synthetic: the procedural shapes corpus (20 000 pairs; students on the first 2 000).
 flickr8k:  images downsized once to 80 px; teacher on all 6 000 train images x 5 captions; students on
            the first 2 000 images of Flickr_8k.trainImages.txt; evaluation on the 1 000 dev images, 5 captions each.
@@ -24,6 +28,7 @@ import csv
 import functools
 import json
 import logging
+import statistics
 import time
 from pathlib import Path
 
@@ -40,7 +45,7 @@ METHODS = {
     "crd": {"clip": {"weight": 1.0}, "crd": {"weight": 1.0}},
     "fd": {"clip": {"weight": 1.0}, "fd": {"weight": 3.9}},
     "mfd": {"clip": {"weight": 1.0}, "mfd": {"weight": 3.9, "mask_ratio": 0.75}},
-    "gd": {"clip": {"weight": 1.0}, "gd": {"weight": 0.01}},
+    "gd": {"clip": {"weight": 1.0}, "gd": {"weight": 1.0}},
     "icl": {"clip": {"weight": 1.0}, "icl": {"weight": 1.0}},
     "afd": {"clip": {"weight": 1.0}, "afd": {"weight": 1.0}},
     "cross_kd": {"clip": {"weight": 1.0}, "cross_kd": {"weight": 1.0}},
@@ -189,6 +194,51 @@ def row(results: dict) -> dict:
             **{k: 100 * metrics[k] for k in RECALLS}, "seconds": round(results["seconds"], 1)}
 
 
+FIGURES = ["retrieval_mean_recall", *RECALLS, "seconds"]
+
+
+def aggregate(per_seed: dict[int, dict]) -> dict:
+    """One method's rows over seeds: each figure's mean, ``sd`` (sample sd; None for one seed), the seeds' rows.
+
+    The mean sits under the figure's own key, so a reader of the single-seed table reads the mean.
+    """
+    seeds = sorted(per_seed)
+    columns = {k: [per_seed[seed][k] for seed in seeds] for k in FIGURES}
+    return {**{k: statistics.fmean(v) for k, v in columns.items()},
+            "sd": {k: statistics.stdev(v) if len(v) > 1 else None for k, v in columns.items()},
+            "seeds": {str(seed): per_seed[seed] for seed in seeds}}
+
+
+def student_dir(out: Path, name: str, seed: int) -> Path:
+    """Seed 0 keeps the single-seed path (DIR/METHOD), so its finished runs are reused; seed N: DIR/seedN/METHOD."""
+    return out / name if seed == 0 else out / f"seed{seed}" / name
+
+
+def train_students(setup: dict, out: Path, teacher: dict, overrides, names: list[str], seeds: list[int],
+                   title: str, table: dict, progress: bool = False) -> dict:
+    """Every method once per seed, seed by seed (a cut-short run leaves whole seeds); the table after each.
+
+    ``overrides(name)`` is the method's config part (its losses, a keep list); ``table`` holds rows that
+    are not students (the teacher's), as {name: {seed: row}}. A finished run (results.json) is reused.
+    """
+    for seed in seeds:
+        for name in names:
+            run_dir = student_dir(out, name, seed)
+            if (run_dir / "results.json").is_file():  # a rerun after a kill only trains what is missing
+                log.info("reusing %s", run_dir / "results.json")
+                results = json.loads((run_dir / "results.json").read_text())
+            else:
+                started = time.time()
+                data = merged(BASE, setup["common"], setup["student"], {"train": {"progress": progress}},
+                              {} if name == "baseline" else teacher, overrides(name), {"train": {"seed": seed}})
+                results = run(config_lib.from_dict(data), run_dir)
+                log.info("%s seed %d: mean recall %.2f %% (%.0f s)", name, seed,
+                         100 * results["metrics"]["retrieval_mean_recall"], time.time() - started)
+            table.setdefault(name, {})[seed] = row(results)
+            write_outputs({n: aggregate(rows) for n, rows in table.items()}, out, title)
+    return {n: aggregate(rows) for n, rows in table.items()}
+
+
 # CLIP-CID (issue #5): CID on the whole student subset and on its semantically balanced part (43.7 % removed),
 # the CLIP-KD recipe on that same balanced part, and no KD on the balanced part and on a random part of the
 # same size (balanced vs random compared with the same method, so the subset is the only difference).
@@ -214,33 +264,95 @@ def cid_overrides(name: str, cid) -> dict:
     return {"losses": losses, "data": {"keep": str(keep[name])}}
 
 
+def mean_sd(r: dict, key: str) -> str:
+    """``31.8 ± 0.4``; a one-seed figure without the ±."""
+    sd = r["sd"][key]
+    return f"{r[key]:.1f}" if sd is None else f"{r[key]:.1f} ± {sd:.1f}"
+
+
+def paired_difference(method: dict, reference: dict, key: str = "retrieval_mean_recall") -> dict | None:
+    """``method`` − ``reference`` seed by seed (the same seed: the same init and data order), over their common seeds.
+
+    ``real``: at least two seeds, every seed's difference has the same sign, and the mean difference is
+    more than twice its standard error (sd/√n). None without a common seed.
+    """
+    seeds = sorted(set(method["seeds"]) & set(reference["seeds"]), key=int)
+    if not seeds:
+        return None
+    deltas = [method["seeds"][s][key] - reference["seeds"][s][key] for s in seeds]
+    mean = statistics.fmean(deltas)
+    sd = statistics.stdev(deltas) if len(deltas) > 1 else None
+    same_sign = all(d > 0 for d in deltas) or all(d < 0 for d in deltas)
+    real = sd is not None and same_sign and abs(mean) > 2 * sd / len(deltas) ** 0.5
+    return {"mean": mean, "sd": sd, "seeds": seeds, "per_seed": deltas, "real": real}
+
+
+def difference_cell(delta: dict | None) -> str:
+    if delta is None:
+        return ""
+    text = f"{delta['mean']:+.1f}" + ("" if delta["sd"] is None else f" ± {delta['sd']:.1f}")
+    return text + (" (real)" if delta["real"] else "")
+
+
 def write_outputs(table: dict, out: Path, title: str) -> None:
-    (out / "ablation.json").write_text(json.dumps(table, indent=2))
-    lines = [f"| method | mean R | {' | '.join(k.replace('_retrieval_recall', '') for k in RECALLS)} | seconds |",
-             "|---|---:|" + "---:|" * len(RECALLS) + "---:|"]
+    """``table``: {name: aggregate(...)}. Writes DIR/ablation.json, .md (mean ± sd over seeds) and .png.
+
+    Each student row also gets its paired difference to ``baseline`` (``vs_baseline``, see paired_difference).
+    """
     for name, r in table.items():
-        cells = " | ".join(f"{r[k]:.1f}" for k in RECALLS)
-        lines.append(f"| {name} | **{r['retrieval_mean_recall']:.1f}** | {cells} | {r['seconds']:.0f} |")
-    (out / "ablation.md").write_text(f"{title}\n\n" + "\n".join(lines) + "\n")
+        if "baseline" in table and name not in ("teacher", "baseline"):
+            r["vs_baseline"] = paired_difference(r, table["baseline"])
+    (out / "ablation.json").write_text(json.dumps(table, indent=2))
+    lines = [f"| method | seeds | mean R | Δ vs baseline | "
+             f"{' | '.join(k.replace('_retrieval_recall', '') for k in RECALLS)} | seconds |",
+             "|---|---:|---:|---:|" + "---:|" * len(RECALLS) + "---:|"]
+    for name, r in table.items():
+        cells = " | ".join(mean_sd(r, k) for k in RECALLS)
+        lines.append(f"| {name} | {len(r['seeds'])} | **{mean_sd(r, 'retrieval_mean_recall')}** "
+                     f"| {difference_cell(r.get('vs_baseline'))} | {cells} | {r['seconds']:.0f} |")
+    note = ("Mean ± sample sd over the seeds counted in the `seeds` column. Δ vs baseline: mean R minus the "
+            "baseline's, paired by seed (mean ± sd of the per-seed differences); (real): every seed agrees in "
+            "sign and the mean is over twice its standard error.")
+    (out / "ablation.md").write_text(f"{title}\n\n{note}\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
+    write_plot(table, out / "ablation.png", title)
+
+
+def write_plot(table: dict, path: Path, title: str) -> None:
+    """Bars at the mean, error bars one sd, a dot per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(table)
+    means = [table[n]["retrieval_mean_recall"] for n in names]
+    sds = [table[n]["sd"]["retrieval_mean_recall"] or 0.0 for n in names]
     fig, ax = plt.subplots(figsize=(9, 3.5))
     colors = ["#444444" if n == "teacher" else "#bbbbbb" if n == "baseline" else "#2a7ab9" for n in names]
-    ax.bar(names, [table[n]["retrieval_mean_recall"] for n in names], color=colors)
+    ax.bar(names, means, yerr=sds, capsize=3, color=colors)
+    for i, n in enumerate(names):
+        values = [r["retrieval_mean_recall"] for r in table[n]["seeds"].values()]
+        ax.plot([i] * len(values), values, "k.", markersize=3)
     ax.set_ylabel("retrieval mean recall (%)")
-    ax.set_title(title)
+    ax.set_title(f"{title} (mean ± sd over seeds)")
     plt.xticks(rotation=30, ha="right")
     fig.tight_layout()
-    fig.savefig(out / "ablation.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def main() -> None:
+def seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds expects comma-separated integers like 0,1,2, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise SystemExit(f"--seeds expects distinct non-negative integers like 0,1,2, got {text!r}")
+    return seeds
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", choices=["synthetic", "flickr8k"], default="synthetic")
     parser.add_argument("--out", required=True)
@@ -251,37 +363,31 @@ def main() -> None:
     parser.add_argument("--teacher-cache-views", type=int, default=-1,
                         help="serve the teacher from a clipdistill cache with this many views per sample "
                              "(0 = live teacher on every batch; default 4)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="students' seed (init, data order); N > 0 writes the students and the table to "
-                             "DIR/seedN/, reusing DIR's teacher, cache and CID data")
+    parser.add_argument("--seeds", type=seed_list, default=[0],
+                        help="students' seeds (init, data order), e.g. 0,1,2: one teacher, cache and CID data; "
+                             "each student once per seed (seed N > 0 in DIR/seedN/METHOD)")
     parser.add_argument("--progress", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("clipdistill").setLevel(logging.INFO)
     out = Path(args.out)
+    names = args.methods.split(",")
+    unknown = [n for n in names if n not in METHODS and n not in CID_METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {', '.join(unknown)}; known: {', '.join([*METHODS, *CID_METHODS])}")
     setup = synthetic_setup(out, args) if args.data == "synthetic" else flickr_setup(out, args)
 
     teacher_run, teacher_results = train_teacher(setup, out, args.progress)
-    table = {"teacher": row(teacher_results)}
     views = args.teacher_cache_views if args.teacher_cache_views >= 0 else 4
     teacher = cached_teacher(setup, out, teacher_run, views, args.progress) if views else teacher_run
-    needs_cid = any(name in CID_METHODS for name in args.methods.split(","))
-    cid = prepare_cid(setup, out, teacher_run, args.data, args.progress) if needs_cid else None
-    students = out / f"seed{args.seed}" if args.seed else out
-    title = f"CLIP-KD ablation on {args.data}" + (f", student seed {args.seed}" if args.seed else "")
-    for name in args.methods.split(","):
-        if (students / name / "results.json").is_file():  # a rerun after a kill only trains what is missing
-            log.info("reusing %s", students / name / "results.json")
-            table[name] = row(json.loads((students / name / "results.json").read_text()))
-            write_outputs(table, students, title)
-            continue
-        started = time.time()
-        losses = {"losses": METHODS[name]} if name in METHODS else cid_overrides(name, cid)
-        data = merged(BASE, setup["common"], setup["student"], {"train": {"progress": args.progress}},
-                      {} if name == "baseline" else teacher, losses, {"train": {"seed": args.seed}})
-        table[name] = row(run(config_lib.from_dict(data), students / name))
-        log.info("%s: mean recall %.2f %% (%.0f s)", name, table[name]["retrieval_mean_recall"], time.time() - started)
-        write_outputs(table, students, title)
+    cid = prepare_cid(setup, out, teacher_run, args.data, args.progress) if set(names) & set(CID_METHODS) else None
+
+    def overrides(name: str) -> dict:
+        return {"losses": METHODS[name]} if name in METHODS else cid_overrides(name, cid)
+
+    title = f"CLIP-KD ablation on {args.data}"
+    train_students(setup, out, teacher, overrides, names, args.seeds, title,
+                   table={"teacher": {0: row(teacher_results)}}, progress=args.progress)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,11 @@ class GDLoss(nn.Module):
     reference divided by it). Shapes: student (N, D_s) raw, teacher (N, D_t) normalized.
     In local_loss mode GD still computes the global batch (exact, only not memory-saving).
 
+    Weight: 1.0, every term's default (the 0.01 of the old ablation was chosen for ``gd_raw``, whose
+    magnitude grew with N·τ²). This form is bounded like the task loss (CLIP's is ln N at chance, a few
+    units in training), so the two share the update at equal weights. Synthetic ablation, one seed: 25.2 mean R
+    (an earlier run's baseline 24.8, old GD at 0.01: 21.8; docs/results.md); no weight sweep yet.
+
     Args:
         student_dim, teacher_dim, always_project: projection heads, as in ``fd``.
     """
