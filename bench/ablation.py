@@ -44,7 +44,7 @@ METHODS = {
     "baseline": {"clip": {"weight": 1.0}},
     "crd": {"clip": {"weight": 1.0}, "crd": {"weight": 1.0}},
     "fd": {"clip": {"weight": 1.0}, "fd": {"weight": 3.9}},
-    "mfd": {"clip": {"weight": 1.0}, "mfd": {"weight": 3.9, "mask_ratio": 0.75}},
+    "mfd": {"clip": {"weight": 1.0}, "mfd": {"weight": 3.9, "mask_ratio": 0.75, "masked": "all"}},  # the earlier rows' mfd
     "gd": {"clip": {"weight": 1.0}, "gd": {"weight": 1.0}},
     "icl": {"clip": {"weight": 1.0}, "icl": {"weight": 1.0}},
     "afd": {"clip": {"weight": 1.0}, "afd": {"weight": 1.0}},
@@ -58,7 +58,8 @@ METHODS = {
     "icl_raw": {"clip": {"weight": 1.0}, "icl": {"weight": 1.0, "scale_param": "raw", "init_scale": 2.659}},
     "clipkd_raw": {"clip": {"weight": 1.0}, "crd": {"weight": 1.0}, "fd": {"weight": 3.9},
                    "icl": {"weight": 1.0, "scale_param": "raw", "init_scale": 2.659}},
-    **{f"mfd_r{r}": {"clip": {"weight": 1.0}, "mfd": {"weight": 3.9, "mask_ratio": r}} for r in (0.25, 0.5)},
+    **{f"mfd_r{r}": {"clip": {"weight": 1.0}, "mfd": {"weight": 3.9, "mask_ratio": r, "masked": "all"}}
+       for r in (0.25, 0.5)},
     **{f"mfd_feature_only_r{r}": {"clip": {"weight": 1.0},
                                   "mfd": {"weight": 3.9, "mask_ratio": r, "masked": "feature_only"}}
        for r in (0.25, 0.5, 0.75)},

@@ -17,6 +17,9 @@ _CENTROIDS = F.normalize(torch.randn(40, D_T, generator=torch.Generator().manual
 LOSS_KWARGS = {
     "cid_cluster": {"centroids": _CENTROIDS[:5]},
     "sigmoid_kd": {"teacher_scale": 10.0},  # the toy teacher is softmax-trained: no logit bias
+    # The toy student is a Linear, with no patches for feature_only's second, masked view (tested on ViTs:
+    # tests/train/test_mfd_masked.py); `all` asks it for patch dropout, which a toy ignores.
+    "mfd": {"masked": "all"},
 }
 # Each registered loss alone (so per-loss gradients are compared), some variants, and the recipes.
 CASES = {name: {name: dict(LOSS_KWARGS.get(name, {}))} for name in losses.names()}

@@ -114,8 +114,9 @@ def test_gd_raw_zero_at_teacher_positive_elsewhere_and_multiplies_by_temperature
 
 
 def test_mfd_declares_patch_dropout_and_checks_ratio():
-    assert losses.get("mfd").student_patch_dropout == 0.75
-    assert losses.get("mfd", mask_ratio=0.5).student_patch_dropout == 0.5
+    default = losses.get("mfd")  # feature_only: the task loss sees the full image
+    assert default.student_patch_dropout == 0.0 and default.student_masked_view == 0.75
+    assert losses.get("mfd", mask_ratio=0.5, masked="all").student_patch_dropout == 0.5
     with pytest.raises(UserError, match="mask_ratio"):  # one line at the CLI, not a traceback
         losses.get("mfd", mask_ratio=1.0)
     with pytest.raises(UserError, match="masked must be one of all, feature_only"):

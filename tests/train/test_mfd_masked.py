@@ -18,7 +18,7 @@ from toys import ToyStudent
 
 N, D_T = 8, 96
 FEATURE_ONLY = {"clip": {"weight": 1.0}, "mfd": {"weight": 3.9, "mask_ratio": 0.5, "masked": "feature_only"}}
-ALL = {"clip": {"weight": 1.0}, "mfd": {"weight": 3.9, "mask_ratio": 0.5}}
+ALL = {"clip": {"weight": 1.0}, "mfd": {"weight": 3.9, "mask_ratio": 0.5, "masked": "all"}}
 
 
 @pytest.fixture(scope="module")

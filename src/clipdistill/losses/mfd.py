@@ -36,14 +36,15 @@ class MFDLoss(FDLoss):
     error otherwise).
 
     Args:
-        mask_ratio: fraction of patches dropped (CLIP-KD: 0.75). masked: ``all`` | ``feature_only``.
+        mask_ratio: fraction of patches dropped (CLIP-KD: 0.75). masked: ``feature_only`` (the default:
+            +5.5 ± 1.8 mean R over ``all`` at 0.75 on the synthetic ablation, 3 seeds, docs/results.md) | ``all``.
         Others as in ``fd``.
     """
 
     needs_teacher = True
 
     def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None,
-                 always_project: bool = False, mask_ratio: float = 0.75, masked: str = "all"):
+                 always_project: bool = False, mask_ratio: float = 0.75, masked: str = "feature_only"):
         super().__init__(student_dim, teacher_dim, always_project)
         if not 0.0 < mask_ratio < 1.0:
             raise UserError(f"mfd mask_ratio must be in (0, 1), got {mask_ratio}")
