@@ -154,3 +154,14 @@ def test_write_shards_skips_units_already_on_disk(tmp_path, cache_dir, dataset, 
     assert written == []
     (tmp_path / "manifest.json").write_text((cache_dir / "manifest.json").read_text())
     assert finalize(tmp_path)["count"] == NUM_SAMPLES
+
+
+def test_workers_render_a_whole_batch_ahead_and_write_the_same_cache(tmp_path, cache_dir, dataset, teacher):
+    from clipdistill.cache.writer import rendering_prefetch
+
+    # batch 64 over 3 workers: 22 items each in flight (ceil), never below torch's default of 2; none without workers
+    assert rendering_prefetch(64, 3) == {"prefetch_factor": 22}
+    assert rendering_prefetch(4, 8) == {"prefetch_factor": 2}
+    assert rendering_prefetch(64, 0) == {}
+    make_cache(tmp_path / "workers", dataset, teacher, workers=2)
+    _assert_same_cache(cache_dir, tmp_path / "workers")
