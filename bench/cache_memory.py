@@ -11,7 +11,6 @@ and RssFile (mapped file pages: the page cache's, one copy for all processes) af
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys

@@ -2,7 +2,6 @@
 on a labelled pool without any target fraction."""
 import numpy as np
 import pytest
-from PIL import Image
 
 from bench_scripts import load_bench_script
 from clipdistill.curate import curate

@@ -1,7 +1,6 @@
 """Training on a curated keep list (data.keep): the loader draws only the kept rows, all of them."""
 import numpy as np
 import pytest
-import torch
 from open_clip.tokenizer import SimpleTokenizer
 
 from clipdistill import config as config_lib

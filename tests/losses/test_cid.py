@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from clipdistill import Embeddings, UserError
 from clipdistill import losses
-from clipdistill.losses.cid_cluster import arcface_logits, sample_classes
+from clipdistill.losses.partial_fc import arcface_logits, sample_classes
 
 
 def student_emb(n=6, d=8, seed=0):

@@ -58,9 +58,9 @@ def test_the_stream_resumes_exactly_from_the_recorded_positions(shards):
         return [(b["key"], b["view"].tolist()) for b in taken], batches.state()
 
     whole, _ = stream()
-    resumed, step = [], 0
+    resumed, step, state = [], 0, None
     for stop in (3, 7, 10, STEPS):
-        part, state = stream(step, state if step else None, count=stop - step)
+        part, state = stream(step, state, count=stop - step)
         resumed += part
         step = stop
     assert resumed == whole

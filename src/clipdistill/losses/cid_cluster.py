@@ -13,9 +13,7 @@ from clipdistill import distributed
 from clipdistill.embeddings import Embeddings
 from clipdistill.errors import UserError
 from clipdistill.losses.heads import TeacherSpaceProjection
-# arcface_logits and sample_classes lived here first: still importable from this module.
-from clipdistill.losses.partial_fc import (arcface_logits, classes_in_shard, margin_softmax_loss,  # noqa: F401
-                                           sample_classes, shard_rows)
+from clipdistill.losses.partial_fc import classes_in_shard, margin_softmax_loss, sample_classes, shard_rows
 from clipdistill.losses.registry import register
 
 

@@ -27,7 +27,6 @@ from clipdistill import config as config_lib
 from clipdistill.atomic import write_text_atomic
 from clipdistill.data import train_batches
 from clipdistill.data.transforms import PairedTransform
-from clipdistill.errors import UserError
 from clipdistill.losses import needs_teacher
 from clipdistill.threads import configure_threads, dataloader_workers
 from clipdistill.train import checkpoint, run_dir
