@@ -232,7 +232,8 @@ def train_students(setup: dict, out: Path, teacher: dict, overrides, names: list
                 started = time.time()
                 data = merged(BASE, setup["common"], setup["student"], {"train": {"progress": progress}},
                               {} if name == "baseline" else teacher, overrides(name), {"train": {"seed": seed}})
-                results = run(config_lib.from_dict(data), run_dir)
+                # no results.json: a killed run (no checkpoint at save_every=1e6), so start it again
+                results = run(config_lib.from_dict(data), run_dir, overwrite=True)
                 log.info("%s seed %d: mean recall %.2f %% (%.0f s)", name, seed,
                          100 * results["metrics"]["retrieval_mean_recall"], time.time() - started)
             table.setdefault(name, {})[seed] = row(results)

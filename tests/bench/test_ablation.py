@@ -80,11 +80,13 @@ def fake_pipeline(ablation, monkeypatch, tmp_path):
         return SimpleNamespace(keep=tmp_path / "keep.npy", random_keep=tmp_path / "random.npy",
                                centroids=tmp_path / "c.npy")
 
-    def run(cfg, run_dir):
+    def run(cfg, run_dir, overwrite=False):
         method, seed = run_dir.name, cfg.train.seed
+        if run_dir.exists() and not overwrite:  # as the loop's open_run_directory refuses a used directory
+            raise SystemExit(f"{run_dir} holds a run")
         calls["runs"].append((str(run_dir.relative_to(tmp_path)), seed, sorted(cfg.losses)))
         value = {"baseline": 0.20, "crd": 0.25, "cid_full": 0.24}[method] + 0.01 * seed
-        run_dir.mkdir(parents=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "results.json").write_text(json.dumps(results(value)))
         return results(value)
 
@@ -117,6 +119,9 @@ def test_each_student_runs_once_per_seed_and_the_report_gives_mean_and_sd(ablati
     assert (tmp_path / "ablation.png").stat().st_size > 0
 
     # Killed and rerun with one more seed: only the new seed's students train; the table covers all four.
+    # A student killed before it finished (a directory without results.json) is trained again from scratch.
+    (tmp_path / "seed3" / "crd").mkdir(parents=True)
+    (tmp_path / "seed3" / "crd" / "train.log").write_text("killed at step 120\n")
     calls["runs"].clear()
     ablation.main(command[:-1] + ["0,1,2,3"])
     assert [d for d, _, _ in calls["runs"]] == ["seed3/baseline", "seed3/crd", "seed3/cid_full"]

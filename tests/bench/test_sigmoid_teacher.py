@@ -21,7 +21,7 @@ def test_the_teacher_is_sigmoid_and_each_student_differs_only_by_its_kd_term(mon
         (out / "teacher_cache" / "manifest.json").write_text(json.dumps({"logit_scale": 12.0, "logit_bias": -9.0}))
         return {"teacher": {"source": "cache", "path": str(out / "teacher_cache")}}
 
-    def run(cfg, run_dir):
+    def run(cfg, run_dir, overwrite=False):
         seen["runs"][str(run_dir.relative_to(tmp_path))] = (cfg.losses, cfg.teacher.source, cfg.train.seed)
         run_dir.mkdir(parents=True)
         (run_dir / "results.json").write_text(json.dumps(fake_results(0.3)))
