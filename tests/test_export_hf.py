@@ -70,3 +70,35 @@ def test_architectures_without_a_clipmodel_equivalent_are_refused(tmp_path, caps
         check_maps_to_hf({"embed_dim": 8, "vision_cfg": {"layers": 2, "ls_init_value": 1e-4}, "text_cfg": {}})
     with pytest.raises(UserError, match="text_cfg.hf_model_name"):
         check_maps_to_hf({"embed_dim": 8, "vision_cfg": {"layers": 2}, "text_cfg": {"hf_model_name": "bert"}})
+
+
+@pytest.mark.parametrize("resize_mode", ["shortest", "squash"])
+def test_the_exported_image_processor_resizes_as_the_student_does(tmp_path, resize_mode):
+    from PIL import Image
+
+    from clipdistill.data.transforms import eval_transform
+    from clipdistill.export_hf import _save_image_processor
+    from clipdistill.models.spec import ImageSpec
+
+    spec = ImageSpec(size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear",
+                     resize_mode=resize_mode)
+    _save_image_processor(transformers, tmp_path, spec)
+    processor = transformers.CLIPImageProcessor.from_pretrained(str(tmp_path))
+    # 96 x 48, a red stripe on the left sixth: a center crop loses it, a squash keeps it.
+    pixels = torch.zeros(48, 96, 3, dtype=torch.uint8)
+    pixels[..., 2] = 200
+    pixels[:, :16] = torch.tensor([220, 10, 10], dtype=torch.uint8)
+    image = Image.fromarray(pixels.numpy())
+    theirs = processor(images=image, return_tensors="pt")["pixel_values"][0]
+    ours = eval_transform(spec)(image)
+    assert theirs.shape == ours.shape == (3, 32, 32)
+    assert (theirs - ours).abs().mean() < 0.02
+    assert (ours[0, :, 0] > 0.5).all() == (resize_mode == "squash")  # the stripe is at the left edge only when squashed
+
+
+def test_a_longest_edge_student_is_refused_for_hf(tmp_path):
+    from clipdistill.export_hf import check_resize_maps_to_hf
+    from clipdistill.models.spec import ImageSpec
+
+    with pytest.raises(UserError, match="resize_mode longest.*--format openclip"):
+        check_resize_maps_to_hf(ImageSpec(size=32, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode="longest"))

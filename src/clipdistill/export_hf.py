@@ -141,11 +141,24 @@ def _save_tokenizer(transformers, directory: Path, context_length: int) -> None:
         tokenizer.save_pretrained(str(directory))
 
 
+def check_resize_maps_to_hf(image_spec) -> None:
+    """CLIPImageProcessor resizes the shortest edge and center-crops, or squashes to height x width; it cannot
+    resize the longest edge and pad (open_clip's ``longest``)."""
+    if image_spec.resize_mode == "longest":
+        raise UserError("the student's preprocessing resizes the longest edge and pads (resize_mode longest), "
+                        "which transformers' CLIPImageProcessor cannot do: export --format openclip instead")
+
+
 def _save_image_processor(transformers, directory: Path, image_spec) -> None:
     resample = {"bicubic": 3, "bilinear": 2, "nearest": 0}.get(image_spec.interpolation, 3)
-    processor = transformers.CLIPImageProcessor(
-        size={"shortest_edge": image_spec.size}, crop_size={"height": image_spec.size, "width": image_spec.size},
-        image_mean=list(image_spec.mean), image_std=list(image_spec.std), resample=resample)
+    side = image_spec.size
+    # shortest: resize the short side, center crop (CLIP's processor); squash: straight to side x side (SigLIP's).
+    resize = ({"size": {"shortest_edge": side}, "do_center_crop": True}
+              if image_spec.resize_mode == "shortest" else {"size": {"height": side, "width": side},
+                                                             "do_center_crop": False})
+    processor = transformers.CLIPImageProcessor(**resize, crop_size={"height": side, "width": side},
+                                                image_mean=list(image_spec.mean), image_std=list(image_spec.std),
+                                                resample=resample)
     processor.save_pretrained(str(directory))
 
 
@@ -160,6 +173,7 @@ def write_hf(student, out_dir: str | Path) -> Path:
     except ImportError:
         raise UserError("--format hf needs transformers: pip install clipdistill[hf]") from None
     check_maps_to_hf(student.model_cfg)
+    check_resize_maps_to_hf(student.image_spec)
     config = transformers.CLIPConfig(**hf_config_dict(student.model_cfg))
     model = transformers.CLIPModel(config).eval()
     # strict: every CLIPModel weight comes from the student and every mapped student weight is used.
