@@ -93,14 +93,15 @@ def write_flickr_csv(flickr_dir: Path, path: Path, images: int = 0) -> int:
             key, caption = line.split("\t", 1)
             captions.setdefault(key.split("#")[0], []).append(caption.strip())
     train = [n.strip() for n in (flickr_dir / "Flickr_8k.trainImages.txt").read_text().splitlines() if n.strip()]
-    rows = 0
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    rows, partial = 0, path.with_name(path.name + ".partial")
+    with open(partial, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, delimiter="\t")
         writer.writerow(["filepath", "title"])
         for name in train[:images or None]:
             for caption in captions.get(name, [])[:5]:
                 writer.writerow([str((flickr_dir / "images" / name).resolve()), caption])
                 rows += 1
+    partial.replace(path)  # atomic: a run reading the CSV meanwhile (another bench) sees the whole old or new file
     return rows
 
 

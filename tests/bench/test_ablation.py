@@ -135,3 +135,16 @@ def test_unknown_method_stops_before_any_training(ablation, monkeypatch, tmp_pat
     with pytest.raises(SystemExit, match="unknown method"):
         ablation.main(["--out", str(tmp_path), "--methods", "baseline,crdd"])
     assert calls["teacher"] == 0
+
+
+def test_flickr_csv_has_one_row_per_caption_of_the_chosen_train_images(ablation, tmp_path):
+    captions = [f"a.jpg#{i}\tdog {i}" for i in range(6)] + ["b.jpg#0\tcat", "c.jpg#0\tbird"]
+    (tmp_path / "Flickr8k.token.txt").write_text("\n".join(captions) + "\n")
+    (tmp_path / "Flickr_8k.trainImages.txt").write_text("a.jpg\nb.jpg\n")  # c.jpg is not a train image
+    path = tmp_path / "train.csv"
+    path.write_text("stale contents\n")
+    assert ablation.write_flickr_csv(tmp_path, path) == 6  # a.jpg's first 5 captions, b.jpg's one
+    rows = path.read_text().splitlines()
+    assert rows[0] == "filepath\ttitle" and rows[1].endswith("a.jpg\tdog 0") and rows[-1].endswith("b.jpg\tcat")
+    assert ablation.write_flickr_csv(tmp_path, path, images=1) == 5
+    assert sorted(p.name for p in tmp_path.iterdir() if "csv" in p.name) == ["train.csv"]  # no partial file left
