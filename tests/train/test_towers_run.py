@@ -30,6 +30,9 @@ def moved_towers(tmp_path, overrides):
 def test_lit_style_text_tower_from_the_teacher_with_captions(tmp_path):
     reused, state = moved_towers(tmp_path, ["student.text_tower=teacher", "losses.clip.weight=1.0"])
     assert reused == "text" and state["student"]["visual.proj"].shape == (64, 96)
+    text = sum(v.numel() for k, v in state["student"].items() if tower_of(k) == "text" and k != "logit_scale")
+    banner = next(line for line in (tmp_path / "train.log").read_text().splitlines() if line.startswith("  student  "))
+    assert f", {text:,} frozen)" in banner  # the banner tells the frozen teacher tower from what trains
     assert state["objective"] == {}  # dims agree: fd learns no projection head
 
 

@@ -267,7 +267,7 @@ def banner(cfg: config_lib.Config, out_dir: Path, ctx, parts: Parts, dataset, wo
                                                   ("linear probe", cfg.eval.linear_probe)) if spec]
     return "\n".join([
         f"run {out_dir} ({'resuming' if cfg.train.resume else 'new'})",
-        f"  student  {parts.student.name}: {sum(p.numel() for p in parts.student.model.parameters()):,} parameters",
+        f"  student  {parts.student.name}: {parameter_count(parts.student.model)}",
         f"  teacher  {teacher}",
         f"  data     {cfg.data.kind} {cfg.data.path} ({rows}); {workers} DataLoader workers",
         "  losses   " + ", ".join(f"{name} x{spec.get('weight', 1.0)}" for name, spec in cfg.losses.items()),
@@ -275,6 +275,14 @@ def banner(cfg: config_lib.Config, out_dir: Path, ctx, parts: Parts, dataset, wo
         f"  threads  {threads[0]} ({threads[1]})",
         f"  eval     {'; '.join(evals) or 'none (set eval.retrieval / eval.zero_shot)'}",
     ])
+
+
+def parameter_count(model) -> str:
+    """``3,386,113 parameters``; with a reused (frozen) teacher tower, how many of them train."""
+    total = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = f" ({trained:,} trained, {total - trained:,} frozen)" if trained != total else ""
+    return f"{total:,} parameters{frozen}"
 
 
 @contextmanager
