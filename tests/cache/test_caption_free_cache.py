@@ -17,7 +17,7 @@ def test_cached_image_targets_equal_the_live_teachers_and_text_is_empty(tmp_path
     dataset = build_dataset("folder", path=str(tmp_path / "photos"))
     make_cache(tmp_path / "cache", dataset, teacher, shard_size=4)  # 3 shards: rows gathered across shards
     cache = TeacherCache(tmp_path / "cache")
-    assert len(cache) == 10 and cache.text.shape == (10, 0)
+    assert len(cache) == 10 and cache.text.shape == (10, 0) and cache.manifest["captions_per_sample"] == 0
     student = build_student("tiny")
     specs = {"student_image": student.image_spec, "teacher_image": teacher.image_spec}
     batch = next(train_batches(dataset, transform=PairedTransform(specs), tokenizers={"student_text": student.tokenizer},

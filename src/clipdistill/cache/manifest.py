@@ -14,7 +14,7 @@ Fields (format version 2)::
     dim, logit_scale         teacher embedding size, multiplicative logit scale exp(log_scale)
     logit_bias               the sigmoid teacher's additive logit bias (SigLIP), null for a softmax teacher
     context_length           the teacher's text context (tokens); null when its tokenizer does not say
-    captions_per_sample      1 (every dataset here gives one caption per sample)
+    captions_per_sample      1, or 0 for caption-free data (an image folder, shards without text): no text rows
     shard_size, num_shards   the work split (the unit of resume and of rank assignment)
     tensors                  shapes of each shard's tensors
     count, images            filled in when the last shard is written: samples (rows) and stored image
@@ -66,7 +66,7 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
 
 
 def build_manifest(*, teacher, fingerprint: str, augmentation: dict, dataset: dict, dtype: str, storage: str,
-                   shard_size: int, num_shards: int) -> dict:
+                   shard_size: int, num_shards: int, has_captions: bool = True) -> dict:
     """The settings part of a manifest for ``teacher`` (a :class:`~clipdistill.models.Teacher`)."""
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -78,7 +78,7 @@ def build_manifest(*, teacher, fingerprint: str, augmentation: dict, dataset: di
         "dim": int(teacher.embed_dim), "logit_scale": float(teacher.logit_scale()),
         "logit_bias": _optional_float(teacher.logit_bias()),
         "context_length": getattr(teacher.tokenizer, "context_length", None),
-        "captions_per_sample": 1, "shard_size": int(shard_size), "num_shards": int(num_shards), "tensors": TENSORS,
+        "captions_per_sample": int(has_captions), "shard_size": int(shard_size), "num_shards": int(num_shards), "tensors": TENSORS,
         "count": None, "images": None, "skipped": {}, "complete": False, "extras": {}, "truncated_captions": None,
     }
 

@@ -259,7 +259,8 @@ def write_cache(dataset, teacher, out_dir: str | Path, *, dataset_info: dict, vi
     augmentation = {"views": views, "scale": list(scale), "ratio": list(ratio), "hflip": hflip, "seed": seed}
     settings = manifest_lib.build_manifest(
         teacher=teacher, fingerprint=manifest_lib.weights_fingerprint(teacher), augmentation=augmentation,
-        dataset=dataset_info, dtype=dtype, storage=storage, shard_size=shard_size, num_shards=len(units))
+        dataset=dataset_info, dtype=dtype, storage=storage, shard_size=shard_size, num_shards=len(units),
+        has_captions=getattr(dataset, "has_captions", True))
     open_manifest(out_dir, settings)
     write_shards(dataset, teacher, out_dir, units_of_rank(units, rank, world_size), views=views, scale=scale,
                  ratio=ratio, hflip=hflip, seed=seed, dtype=dtype, storage=storage, batch_size=batch_size,
