@@ -248,14 +248,14 @@ def train_students(setup: dict, out: Path, teacher: dict, overrides, names: list
 CID_METHODS = ("cid_full", "cid_balanced", "clipkd_balanced", "baseline_balanced", "baseline_random")
 
 
-def prepare_cid(setup: dict, out: Path, teacher: dict, data: str, progress: bool):
+def prepare_cid(setup: dict, out: Path, teacher: dict, progress: bool):
     """``cache → curate → cluster`` of the student subset: balanced keep list, random keep list, cluster centres."""
     subset = merged(BASE, setup["common"], setup["student"], teacher, {"train": {"progress": progress}})
     if subset["data"].get("subset"):  # the synthetic students' first rows: a corpus of that size is exactly them
         subset = merged(subset, {"data": {"num_samples": subset["data"]["subset"], "subset": 0}})
-    # Flickr rows repeat each image with 5 captions: curate on image and caption, or an image's rows are "duplicates".
-    return prepare_cid_data(config_lib.from_dict(subset), out_dir=out / "cid",
-                            space="image" if data == "synthetic" else "both", progress=progress)
+    # In the teacher's image space, at the image level: a Flickr image is one row with its 5 captions, kept or
+    # removed together (issue 18: curating caption rows in image ⊕ text space mostly thinned captions).
+    return prepare_cid_data(config_lib.from_dict(subset), out_dir=out / "cid", space="image", progress=progress)
 
 
 def cid_overrides(name: str, cid) -> dict:
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     teacher_run, teacher_results = train_teacher(setup, out, args.progress)
     views = args.teacher_cache_views if args.teacher_cache_views >= 0 else 4
     teacher = cached_teacher(setup, out, teacher_run, views, args.progress) if views else teacher_run
-    cid = prepare_cid(setup, out, teacher_run, args.data, args.progress) if set(names) & set(CID_METHODS) else None
+    cid = prepare_cid(setup, out, teacher_run, args.progress) if set(names) & set(CID_METHODS) else None
 
     def overrides(name: str) -> dict:
         return {"losses": METHODS[name]} if name in METHODS else cid_overrides(name, cid)

@@ -75,7 +75,7 @@ def fake_pipeline(ablation, monkeypatch, tmp_path):
         calls["cache"] += 1
         return {"teacher": {"source": "cache", "path": str(out / "teacher_cache")}}
 
-    def prepare_cid(setup, out, teacher, data, progress):
+    def prepare_cid(setup, out, teacher, progress):
         calls["cid"] += 1
         return SimpleNamespace(keep=tmp_path / "keep.npy", random_keep=tmp_path / "random.npy",
                                centroids=tmp_path / "c.npy")
