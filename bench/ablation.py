@@ -46,6 +46,7 @@ METHODS = {
     "fd": {"clip": {"weight": 1.0}, "fd": {"weight": 3.9}},
     "mfd": {"clip": {"weight": 1.0}, "mfd": {"weight": 3.9, "mask_ratio": 0.75, "masked": "all"}},  # the earlier rows' mfd
     "gd": {"clip": {"weight": 1.0}, "gd": {"weight": 1.0}},
+    **{f"gd_w{w}": {"clip": {"weight": 1.0}, "gd": {"weight": w}} for w in (0.3, 3.0)},  # issue 18: GD's weight
     "icl": {"clip": {"weight": 1.0}, "icl": {"weight": 1.0}},
     "afd": {"clip": {"weight": 1.0}, "afd": {"weight": 1.0}},
     "cross_kd": {"clip": {"weight": 1.0}, "cross_kd": {"weight": 1.0}},
