@@ -10,9 +10,12 @@ trains with the ``siglip`` loss (it gets a learnable logit bias, init −10) ins
                                         the teacher's logit_scale, here a sigmoid scale)
     baseline    clip alone          no teacher: the ablation's baseline runs; link DIR/baseline and
                                     DIR/seedN/baseline to them and they are reused instead of retrained
+    sigmoid_kd_w0.1, _w0.01         clip + sigmoid_kd at lighter weights
+    siglip      siglip alone        a sigmoid student (learnable bias, init −10), no teacher
+    siglip_sigmoid_kd  siglip + sigmoid_kd   the sigmoid student distilled: its scale and bias are sigmoid ones
 
-Every student keeps the CLIP task loss, so the KD term is the only difference between rows, as in the
-ablation. Writes DIR/ablation.json/.md/.png (mean ± sd over seeds) like bench/ablation.py.
+Every student keeps its task loss (clip, or siglip in the last two rows), so the KD term is the only
+difference between a row and its no-teacher row, as in the ablation. Writes DIR/ablation.json/.md/.png (mean ± sd over seeds) like bench/ablation.py.
 """
 from __future__ import annotations
 
@@ -25,7 +28,13 @@ import ablation
 
 METHODS = {"baseline": ablation.METHODS["baseline"],
            "sigmoid_kd": {"clip": {"weight": 1.0}, "sigmoid_kd": {"weight": 1.0}},
-           "clipkd": ablation.METHODS["clipkd"]}
+           "clipkd": ablation.METHODS["clipkd"],
+           # sigmoid_kd sums its BCE over the N candidates of an anchor (SigLIP's reduction): at batch 128 and
+           # weight 1 it starts ~100x the CLIP term. Lighter weights, and a sigmoid (siglip) student, where
+           # the student's scale and bias mean what the teacher's do.
+           **{f"sigmoid_kd_w{w}": {"clip": {"weight": 1.0}, "sigmoid_kd": {"weight": w}} for w in (0.1, 0.01)},
+           "siglip": {"siglip": {"weight": 1.0}},
+           "siglip_sigmoid_kd": {"siglip": {"weight": 1.0}, "sigmoid_kd": {"weight": 1.0}}}
 
 
 def sigmoid_setup(out: Path, args) -> dict:

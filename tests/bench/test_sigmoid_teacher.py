@@ -38,7 +38,8 @@ def test_the_teacher_is_sigmoid_and_each_student_differs_only_by_its_kd_term(mon
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "baseline").symlink_to(tmp_path / "elsewhere" / "baseline")
 
-    script.main(["--out", str(tmp_path / "out"), "--seeds", "0,1", "--teacher-steps", "7"])
+    script.main(["--out", str(tmp_path / "out"), "--seeds", "0,1", "--teacher-steps", "7",
+                 "--methods", "baseline,sigmoid_kd,clipkd"])
     assert seen["teacher"]["losses"] == {"siglip": {"weight": 1.0}} and seen["teacher"]["train"]["steps"] == 7
     assert sorted(seen["runs"]) == ["out/clipkd", "out/seed1/baseline", "out/seed1/clipkd", "out/seed1/sigmoid_kd",
                                     "out/sigmoid_kd"]
@@ -49,3 +50,10 @@ def test_the_teacher_is_sigmoid_and_each_student_differs_only_by_its_kd_term(mon
     table = json.loads((tmp_path / "out" / "ablation.json").read_text())
     assert table["baseline"]["seeds"]["0"]["retrieval_mean_recall"] == 20.0  # the linked run, not retrained
     assert table["baseline"]["retrieval_mean_recall"] == 25.0
+
+
+def test_the_sigmoid_student_rows_swap_clip_for_siglip():
+    methods = load_bench_script("sigmoid_teacher").METHODS
+    assert methods["siglip"] == {"siglip": {"weight": 1.0}}
+    assert methods["siglip_sigmoid_kd"] == {"siglip": {"weight": 1.0}, "sigmoid_kd": {"weight": 1.0}}
+    assert methods["sigmoid_kd_w0.01"] == {"clip": {"weight": 1.0}, "sigmoid_kd": {"weight": 0.01}}
