@@ -21,8 +21,8 @@ interval, and where the writer's time goes, measured inside the writer's own pro
 changing) its parts: the teacher's forwards, the tokenizer, shard writing and indexing; the rest is the
 training process waiting for rendered items from the workers plus per-item bookkeeping.
 ``--prefetch K`` reruns the writer as a what-if with the workers' DataLoader ``prefetch_factor`` set to K
-(the writer reads items one at a time, ``batch_size=None``, so by default each worker renders at most 2
-items ahead of the teacher).
+(the writer reads items one at a time, ``batch_size=None``, and sets ``prefetch_factor`` to
+ceil(batch / workers) itself, ``clipdistill.cache.writer.rendering_prefetch``: a teacher batch in flight).
 """
 from __future__ import annotations
 
