@@ -42,6 +42,9 @@ log = logging.getLogger("clipdistill.ablation")
 # name -> losses section. "baseline" is the student alone; "clipkd" the paper's final recipe.
 METHODS = {
     "baseline": {"clip": {"weight": 1.0}},
+    # The control for the cache: KD rows replay the cache's stored views (4 per sample) where the baseline draws
+    # fresh crops. fd at 1e-6 changes nothing else but makes the run read the teacher, so it sees those views.
+    "views_only": {"clip": {"weight": 1.0}, "fd": {"weight": 1e-6}},
     "crd": {"clip": {"weight": 1.0}, "crd": {"weight": 1.0}},
     "fd": {"clip": {"weight": 1.0}, "fd": {"weight": 3.9}},
     "mfd": {"clip": {"weight": 1.0}, "mfd": {"weight": 3.9, "mask_ratio": 0.75, "masked": "all"}},  # the earlier rows' mfd
