@@ -13,6 +13,8 @@ trains with the ``siglip`` loss (it gets a learnable logit bias, init −10) ins
     sigmoid_kd_w0.1, _w0.01         clip + sigmoid_kd at lighter weights
     siglip      siglip alone        a sigmoid student (learnable bias, init −10), no teacher
     siglip_sigmoid_kd  siglip + sigmoid_kd   the sigmoid student distilled: its scale and bias are sigmoid ones
+    views_only, siglip_views_only   the no-teacher rows on the cache's replayed views (bench/ablation.py's
+                                    control; views_only can be linked from the ablation: same views)
 
 Every student keeps its task loss (clip, or siglip in the last two rows), so the KD term is the only
 difference between a row and its no-teacher row, as in the ablation. Writes DIR/ablation.json/.md/.png (mean ± sd over seeds) like bench/ablation.py.
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import ablation
 
-METHODS = {"baseline": ablation.METHODS["baseline"],
+METHODS = {"baseline": ablation.METHODS["baseline"], "views_only": ablation.METHODS["views_only"],
            "sigmoid_kd": {"clip": {"weight": 1.0}, "sigmoid_kd": {"weight": 1.0}},
            "clipkd": ablation.METHODS["clipkd"],
            # sigmoid_kd sums its BCE over the N candidates of an anchor (SigLIP's reduction): at batch 128 and
@@ -34,6 +36,7 @@ METHODS = {"baseline": ablation.METHODS["baseline"],
            # the student's scale and bias mean what the teacher's do.
            **{f"sigmoid_kd_w{w}": {"clip": {"weight": 1.0}, "sigmoid_kd": {"weight": w}} for w in (0.1, 0.01)},
            "siglip": {"siglip": {"weight": 1.0}},
+           "siglip_views_only": {"siglip": {"weight": 1.0}, "fd": {"weight": 1e-6}},  # ablation.py's views_only
            "siglip_sigmoid_kd": {"siglip": {"weight": 1.0}, "sigmoid_kd": {"weight": 1.0}}}
 
 
