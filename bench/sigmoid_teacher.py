@@ -31,9 +31,8 @@ import ablation
 METHODS = {"baseline": ablation.METHODS["baseline"], "views_only": ablation.METHODS["views_only"],
            "sigmoid_kd": {"clip": {"weight": 1.0}, "sigmoid_kd": {"weight": 1.0}},
            "clipkd": ablation.METHODS["clipkd"],
-           # sigmoid_kd sums its BCE over the N candidates of an anchor (SigLIP's reduction): at batch 128 and
-           # weight 1 it starts ~100x the CLIP term. Lighter weights, and a sigmoid (siglip) student, where
-           # the student's scale and bias mean what the teacher's do.
+           # Lighter weights, and a sigmoid (siglip) student, whose scale and bias mean what the teacher's do
+           # (a clip student shares its one scale between the softmax task loss and sigmoid_kd).
            **{f"sigmoid_kd_w{w}": {"clip": {"weight": 1.0}, "sigmoid_kd": {"weight": w}} for w in (0.1, 0.01)},
            "siglip": {"siglip": {"weight": 1.0}},
            "siglip_views_only": {"siglip": {"weight": 1.0}, "fd": {"weight": 1e-6}},  # ablation.py's views_only
