@@ -45,3 +45,23 @@ def test_cid_data_is_what_the_commands_write(tmp_path, space):
         by_eps = prepare_cid_data(subset_config(), out_dir=tmp_path, label_clusters=4, threshold=report["threshold"])
         assert json.loads((tmp_path / "curated" / "report.json").read_text())["threshold"] == report["threshold"]
         np.testing.assert_array_equal(np.load(by_eps.keep), keep)
+
+
+def test_the_random_control_keeps_as_many_images_with_all_their_captions(tmp_path):
+    """Five captions per image (as Flickr8k): curation keeps whole images, and so must its random control."""
+    from PIL import Image
+
+    rows = ["filepath\ttitle"]
+    for i in range(24):
+        Image.new("RGB", (40, 30), (10 * i, 255 - 10 * i, (37 * i) % 256)).save(tmp_path / f"{i}.png")
+        rows += [f"{tmp_path / f'{i}.png'}\tcaption {c} of image {i}" for c in range(5)]
+    (tmp_path / "pairs.tsv").write_text("\n".join(rows) + "\n")
+    config = config_lib.load(None, ["teacher.source=openclip", "teacher.model=tiny-teacher", "data.kind=csv",
+                                    f"data.path={tmp_path / 'pairs.tsv'}", "data.workers=0", "train.progress=false",
+                                    "cache.batch_size=32"])
+    cid = prepare_cid_data(config, out_dir=tmp_path / "cid", label_clusters=4, space="image")
+    keep, random_keep = np.load(cid.keep), np.load(cid.random_keep)
+    assert len(keep) == len(random_keep) and len(keep) % 5 == 0 and 0 < len(keep) < 120
+    images_of = lambda kept: set((kept // 5).tolist())  # rows are ordered by image, 5 each
+    assert len(images_of(random_keep)) == len(keep) // 5  # whole images: every caption of a drawn image
+    assert all(set(range(5 * i, 5 * i + 5)) <= set(random_keep.tolist()) for i in images_of(random_keep))

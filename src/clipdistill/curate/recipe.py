@@ -14,7 +14,8 @@ The cache holds one view per sample, the whole image (crop scale 1): curation co
 crops of them. ``space`` is what curation compares: ``image`` (CLIP-CID) or ``both`` (image ⊕
 caption, unit length), which a dataset with several captions per image needs, or the rows of one
 image would all be "duplicates" of each other; ``both`` is curated from a ``.npy`` of those rows.
-``random_keep`` is a uniformly random subset of the same size: the control the paper compares with.
+``random_keep`` is a uniformly random subset of the same size (in images with all their captions when
+curation is in image space): the control the paper compares with.
 """
 from __future__ import annotations
 
@@ -28,14 +29,14 @@ import numpy as np
 from clipdistill.atomic import write_text_atomic
 from clipdistill.curate import cluster_command, command as curate_command
 from clipdistill.curate.pseudo_labels import clustering_space
-from clipdistill.curate.sources import read_cache
+from clipdistill.curate.sources import CacheImages, read_cache
 from clipdistill.errors import UserError
 
 
 @dataclass
 class CIDData:
     keep: Path  # balanced keep list (rows of the dataset)
-    random_keep: Path  # random rows, as many as ``keep``
+    random_keep: Path  # random rows: as many images (image space) or rows (both) as ``keep``
     centroids: Path  # (K, D_t) image-space cluster centres for cid_cluster
     report: dict  # curation report (n_total, n_kept, removal, threshold, clusters, seconds)
 
@@ -64,13 +65,22 @@ def prepare_cid_data(subset_config, *, out_dir: str | Path, target_removal: floa
     cluster_command.main(["--embeddings", str(cache), "--tower", "image", "--clusters", str(label_clusters),
                           "--out", str(out), "--seed", str(seed), *quiet])
     report = json.loads((out / "curated" / "report.json").read_text())
-    rows = cached.dataset_rows
-    random_keep = np.sort(np.random.default_rng(seed).choice(rows, report["n_kept"], replace=False))
-    np.save(out / "random_keep.npy", random_keep.astype(np.int64))
+    np.save(out / "random_keep.npy", random_subset(cache, cached.dataset_rows, report["n_kept"], space, seed))
     write_text_atomic(out / "cid.json", json.dumps({"curation": report, "label_clusters": label_clusters,
                                                     "space": space}, indent=2))
     return CIDData(keep=out / "curated" / "keep.npy", random_keep=out / "random_keep.npy",
                    centroids=out / "centroids_image.npy", report=report)
+
+
+def random_subset(cache: Path, rows: np.ndarray, kept: int, space: str, seed: int) -> np.ndarray:
+    """The control: as many units as curation kept, drawn uniformly. In image space curation keeps images
+    with all their captions, so the control draws ``kept`` images and keeps all their rows (several
+    captions per image: drawing ``kept`` rows would give it a fifth of the balanced subset's rows)."""
+    rng = np.random.default_rng(seed)
+    if space == "image":
+        images = CacheImages(cache)
+        return images.names_of_images(rng.choice(images.n, kept, replace=False)).astype(np.int64)
+    return np.sort(rng.choice(rows, kept, replace=False)).astype(np.int64)
 
 
 def whole_image_views(config):
