@@ -28,6 +28,7 @@ import csv
 import functools
 import json
 import logging
+import os
 import statistics
 import time
 from pathlib import Path
@@ -97,7 +98,7 @@ def write_flickr_csv(flickr_dir: Path, path: Path, images: int = 0) -> int:
             key, caption = line.split("\t", 1)
             captions.setdefault(key.split("#")[0], []).append(caption.strip())
     train = [n.strip() for n in (flickr_dir / "Flickr_8k.trainImages.txt").read_text().splitlines() if n.strip()]
-    rows, partial = 0, path.with_name(path.name + ".partial")
+    rows, partial = 0, path.with_name(f"{path.name}.{os.getpid()}.partial")  # per process: two benches at once
     with open(partial, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, delimiter="\t")
         writer.writerow(["filepath", "title"])
