@@ -3,8 +3,9 @@
     python bench/inherit_vs_random.py --out runs/inherit --teacher-run runs/ablation-flickr8k/teacher \
         --steps 300 --catch-up 600,1200 --seeds 0,1,2
 
-The teacher is bench/ablation.py's Flickr8k teacher (``--teacher-run``: its run directory, whose parent holds the
-ablation's 80 px copy and CSVs; without it, the ablation's teacher is trained into DIR/teacher). ``clipdistill inherit`` (uniform layers; heads, MLP channels
+The teacher is bench/ablation.py's Flickr8k teacher (``--teacher-run``: its run directory, whose parent holds
+the ablation's 80 px copy and CSVs; without it, the ablation's teacher is trained into DIR/teacher).
+``clipdistill inherit`` (uniform layers; heads, MLP channels
 and dims by weight magnitude) turns it into the ablation's Flickr8k student architecture, written to
 DIR/inherited_init. Then the ablation's student run, the ``clip`` loss alone, no teacher at training time:
 
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--teacher-run", default="", help="the Flickr8k teacher's run directory (bench/ablation.py)")
-    parser.add_argument("--flickr-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/flickr8k"))
+    parser.add_argument("--flickr-dir",
+                        default=str(Path(__file__).resolve().parents[1].parent / "shared/data/flickr8k"))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--catch-up", default="", help="comma-separated step counts for random-init runs")
     parser.add_argument("--seeds", type=ablation.seed_list, default=[0, 1, 2])

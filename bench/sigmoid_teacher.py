@@ -17,7 +17,8 @@ trains with the ``siglip`` loss (it gets a learnable logit bias, init −10) ins
                                     control; views_only can be linked from the ablation: same views)
 
 Every student keeps its task loss (clip, or siglip in the last two rows), so the KD term is the only
-difference between a row and its no-teacher row, as in the ablation. Writes DIR/ablation.json/.md/.png (mean ± sd over seeds) like bench/ablation.py.
+difference between a row and its no-teacher row, as in the ablation. Writes DIR/ablation.json/.md/.png
+(mean ± sd over seeds) like bench/ablation.py.
 """
 from __future__ import annotations
 

@@ -37,7 +37,8 @@ def test_each_arm_trains_once_per_seed_with_its_init_and_steps(monkeypatch, tmp_
     assert runs[0][1].endswith("inherited_init/open_clip_model.safetensors") and runs[1][1] == ""
     assert all(losses == ["clip"] for *_, losses in runs)
     report = json.loads((tmp_path / "inherit.json").read_text())
-    assert report["inherited"]["mean"] == pytest.approx(4.35) and report["random_600steps"]["seeds"]["1"] == pytest.approx(3.7)
+    assert report["inherited"]["mean"] == pytest.approx(4.35)
+    assert report["random_600steps"]["seeds"]["1"] == pytest.approx(3.7)
     assert "| random_600steps | 600 | 2 | **3.65 ± 0.07** |" in (tmp_path / "inherit.md").read_text()
     runs.clear()
     script.main(command)  # rerun: every finished arm is reused

@@ -78,7 +78,8 @@ def build_manifest(*, teacher, fingerprint: str, augmentation: dict, dataset: di
         "dim": int(teacher.embed_dim), "logit_scale": float(teacher.logit_scale()),
         "logit_bias": _optional_float(teacher.logit_bias()),
         "context_length": getattr(teacher.tokenizer, "context_length", None),
-        "captions_per_sample": int(has_captions), "shard_size": int(shard_size), "num_shards": int(num_shards), "tensors": TENSORS,
+        "captions_per_sample": int(has_captions), "shard_size": int(shard_size), "num_shards": int(num_shards),
+        "tensors": TENSORS,
         "count": None, "images": None, "skipped": {}, "complete": False, "extras": {}, "truncated_captions": None,
     }
 

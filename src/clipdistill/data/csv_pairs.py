@@ -58,7 +58,8 @@ class CsvPairs(torch.utils.data.Dataset):
     the wrong number of fields, an image path that is not UTF-8), or has an empty path or caption,
     is dropped, logged with its line number and counted in ``self.bad`` (kind -> count), and
     reading continues on the next line, so one bad row never costs the rest of the file. Images are
-    read lazily in ``__getitem__``, which raises :class:`~clipdistill.data.bad_samples.BadSample` for a missing or undecodable file.
+    read lazily in ``__getitem__``, which raises :class:`~clipdistill.data.bad_samples.BadSample` for a
+    missing or undecodable file.
     """
 
     def __init__(self, path: str | Path, image_key: str = "filepath", caption_key: str = "title",
