@@ -179,8 +179,10 @@ def our_config(s: dict, csv: Path, teacher_file: Path, kind: str, cache_dir: Pat
         "data": {"kind": "csv", "path": str(csv), "workers": s["workers"]},
         "losses": {"clip": {"weight": 1.0}} if kind == "plain" else KD_LOSSES,
         "optim": {"warmup_steps": 2},
+        # train.threads: the bench's own thread count, which open_clip_train inherits; our loop would
+        # otherwise choose its own (every core on a 2-core machine, next to the bench's worker).
         "train": {"steps": s["steps"], "batch_size": s["batch"], "log_every": 1, "save_every": 10**9,
-                  "precision": s["precision"], "progress": False},
+                  "precision": s["precision"], "progress": False, "threads": s.get("threads", 0)},
         "eval": {"retrieval": "", "zero_shot": ""},
     }
     # As a user would: a dotted override, validated by the same schema (unknown key -> ConfigError).
@@ -534,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         threads = max(1, (os.cpu_count() or 1) - settings["workers"])
     if threads:
         torch.set_num_threads(threads)
+    settings["threads"] = torch.get_num_threads()  # every configuration's, ours by train.threads
     if settings["device"] == "cuda" and not torch.cuda.is_available():
         print("--gpu needs CUDA", file=sys.stderr)
         return 2

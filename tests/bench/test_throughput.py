@@ -66,3 +66,15 @@ def test_compiled_rows_run_or_are_skipped_with_a_note(tmp_path):
     else:
         assert all(result[name] > 0 for name in ours)
         assert result["targets"]["cached_kd_compiled/open_clip_plain_compiled"]["median"] > 0
+
+
+@pytest.mark.parametrize("kind", ["plain", "online_kd", "cached_kd"])
+def test_our_runs_compute_with_the_benchs_threads(tmp_path, kind):
+    """open_clip_train inherits the bench's torch threads; our loop must get the same count through train.threads
+    (left to itself it takes every core: 2 threads next to the bench's worker on a 2-core machine, ~30 % slower)."""
+    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    settings = {**throughput.QUICK, "threads": 3}
+    cfg = throughput.our_config(settings, tmp_path / "pairs.tsv", tmp_path / "t.pt", kind, tmp_path / "cache")
+    assert cfg.train.threads == 3
