@@ -39,6 +39,12 @@ def test_index_finds_rows_in_shard_order_and_marks_absent_keys(tmp_path):
     index = KeyIndex.load(tmp_path)
     assert count == 4 and len(index) == 4
     assert index.rows(["k0", "k1", "k2", "long-key-10", "nope", "k"]).tolist() == [1, 2, 0, 3, -1, -1]
+    # row(): the loader's one-key lookup, a scalar search; before the first key, between keys, after the last
+    for key in ["k0", "k1", "k2", "long-key-10", "nope", "k", "a", "zzz", "k10"]:
+        assert index.row(key) == index.rows([key])[0], key
+    (tmp_path / "empty").mkdir()
+    write_index(tmp_path / "empty", [[]])
+    assert KeyIndex.load(tmp_path / "empty").row("k0") == -1
 
 
 def test_rewriting_the_same_index_leaves_the_mapped_file_in_place(tmp_path):

@@ -212,3 +212,67 @@ def test_build_dataset(csv_path):
         build_dataset("synthetic", num_samples=0)
     with pytest.raises(UserError, match="cannot fill one batch"):
         take(1, dataset=SyntheticPairs(10), batch_size=6, world_size=2)
+
+
+def test_workers_send_small_tensors_inside_the_pickle_and_the_loop_gets_tensors(csv_path):
+    """Small tensors travel as numpy arrays (a shared-memory tensor costs the training process a round trip to
+    the worker), big ones as tensors; the loop sees tensors either way, equal to a worker-free run's."""
+    from clipdistill.data.batch import PICKLED_BELOW, arrays_as_tensors, small_tensors_as_arrays
+
+    tokens = torch.arange(12).view(3, 4)
+    big = torch.zeros(PICKLED_BELOW // 4 + 1)
+    packed = small_tensors_as_arrays({"a": tokens, "b": tokens, "big": big, "bf16": tokens.bfloat16(),
+                                      "nested": {"rows": torch.arange(3)}, "key": ["x"], "epoch": 1})
+    assert isinstance(packed["a"], np.ndarray) and packed["a"] is packed["b"]  # one array for one tensor
+    assert packed["big"] is big and isinstance(packed["bf16"], torch.Tensor)
+    assert isinstance(packed["nested"]["rows"], np.ndarray) and packed["key"] == ["x"] and packed["epoch"] == 1
+    unpacked = arrays_as_tensors(packed)
+    assert torch.equal(unpacked["a"], tokens) and unpacked["a"] is unpacked["b"]
+    assert torch.equal(unpacked["nested"]["rows"], torch.arange(3))
+
+    in_workers = take(3, dataset=CsvPairs(csv_path), batch_size=4, workers=1)
+    assert_same_batches(in_workers, take(3, dataset=CsvPairs(csv_path), batch_size=4))
+    assert all(isinstance(b[name], torch.Tensor) for b in in_workers for name in ("view", "index", "student_text"))
+
+
+class CollatedTypes(torch.utils.data.Dataset):
+    """Collates two prepared samples where it runs and returns the types collate produced there."""
+
+    def __init__(self, path):
+        self.data = CsvPairs(path)
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        from clipdistill.data.batch import collate, prepare
+
+        prepared = [prepare(self.data[i], TRANSFORM, seed=0, epoch=0, sample_id=i, index=i) for i in range(2)]
+        return {k: type(v).__name__ for k, v in collate(prepared, TOKENIZERS, Counter()).items()}
+
+
+def test_collate_packs_small_tensors_only_in_a_worker(csv_path):
+    from clipdistill.data.batch import data_loader
+
+    in_worker = next(iter(data_loader(CollatedTypes(csv_path), workers=1, seed=0, batch_size=None)))
+    assert in_worker["index"] == in_worker["view"] == in_worker["student_text"] == "ndarray"
+    assert CollatedTypes(csv_path)[0]["index"] == "Tensor"  # in the training process: nothing to pack
+
+
+class SwitchInterval(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        import sys
+
+        return sys.getswitchinterval()
+
+
+def test_workers_hand_the_gil_over_promptly():
+    """The training process fetches each shared tensor's descriptor from a worker thread that needs the GIL:
+    a busy worker must let it run within WORKER_SWITCH_INTERVAL, not Python's default 5 ms."""
+    from clipdistill.data.batch import WORKER_SWITCH_INTERVAL, data_loader
+
+    loader = data_loader(SwitchInterval(), workers=1, seed=0, batch_size=None)
+    assert next(iter(loader)) == pytest.approx(WORKER_SWITCH_INTERVAL) and WORKER_SWITCH_INTERVAL < 5e-3

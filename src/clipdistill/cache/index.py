@@ -74,7 +74,11 @@ class KeyIndex:
         return np.where(found, self.sorted_rows[position], -1)
 
     def row(self, key: str) -> int:
-        return int(self.rows([key])[0])
+        """One key's row (-1 if absent), by a scalar search: the loader asks this for every sample it reads."""
+        if not len(self):
+            return -1
+        position = min(int(np.searchsorted(self.sorted_keys, key)), len(self) - 1)
+        return int(self.sorted_rows[position]) if self.sorted_keys[position] == key else -1
 
 
 _ALIGN = 64  # as .npy headers pad to; any dtype's alignment divides it

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from clipdistill.data.backstop import checked
-from clipdistill.data.batch import Batch, ViewReplay
+from clipdistill.data.batch import Batch, ViewReplay, arrays_as_tensors
 from clipdistill.data.map_loader import map_loader
 from clipdistill.data.shard_loader import shard_loader
 from clipdistill.data.shards import KeptKeys, ShardPairs
@@ -85,7 +85,7 @@ class TrainBatches:
         return self
 
     def __next__(self) -> Batch:
-        batch = next(self._batches)
+        batch = arrays_as_tensors(next(self._batches))  # the small tensors a worker sent as arrays
         position = batch.pop("position", None)
         if position is not None:
             self._positions[position["reader"]] = tuple(position["at"])

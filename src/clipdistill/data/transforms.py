@@ -117,8 +117,9 @@ class PairedTransform:
         """
         if stored_views is None:
             return {**self(image, generator), "view_index": torch.tensor(-1)}
-        choice = int(torch.randint(len(stored_views), (1,), generator=generator))
-        view = [int(v) for v in stored_views[choice]]
+        # One stored view (cache.views=1, the default) leaves nothing to draw: the generator is not used after.
+        choice = int(torch.randint(len(stored_views), (1,), generator=generator)) if len(stored_views) > 1 else 0
+        view = stored_views[choice].tolist()
         out = apply_view(_rgb(image), view, self.specs)
         out["view"] = torch.tensor(view, dtype=torch.int32)
         out["view_index"] = torch.tensor(choice)
