@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class Embeddings:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     local_rows: slice | None = None
     logit_bias: torch.Tensor | None = None
+    # unit()'s results: each normalization is ops and backward nodes, and several terms ask for the same one.
+    _units: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.image.ndim != 2 or self.text.ndim != 2:
@@ -48,6 +51,20 @@ class Embeddings:
     def rows(self) -> slice:
         """The anchor rows this process computes (all of them unless in local_loss mode)."""
         return self.local_rows if self.local_rows is not None else slice(None)
+
+    def unit(self, tower: str) -> torch.Tensor:
+        """``image`` or ``text`` (``tower``) L2-normalized along D: what the clip loss, crd, siglip... compare.
+
+        Computed once per object (and grad mode, so a no-grad use first never hands a later term a tensor
+        without gradient) and shared by every term that asks. A teacher's, normalized already, as it is.
+        """
+        embeddings = getattr(self, tower)
+        if self.normalized:
+            return embeddings
+        key = (tower, torch.is_grad_enabled())
+        if key not in self._units:
+            self._units[key] = F.normalize(embeddings, dim=-1)
+        return self._units[key]
 
     @property
     def batch_size(self) -> int:

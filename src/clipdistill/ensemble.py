@@ -53,7 +53,7 @@ class TeacherEnsemble:
     def focus(self, index: int) -> "TeacherView":
         """Member ``index`` as the teacher a loss sees, carrying this ensemble."""
         member = self.members[index]
-        return TeacherView(**{f.name: getattr(member, f.name) for f in fields(Embeddings)}, ensemble=self)
+        return TeacherView(**{f.name: getattr(member, f.name) for f in fields(Embeddings) if f.init}, ensemble=self)
 
 
 @dataclass(frozen=True)

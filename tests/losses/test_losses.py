@@ -152,3 +152,20 @@ def test_baseline_objective_needs_no_teacher():
     assert not objective.needs_teacher
     total, terms = objective(student_emb(), None)
     assert torch.isfinite(total)
+
+
+def test_unit_embeddings_are_normalized_once_per_object_and_grad_mode():
+    """clip and crd share one normalization of the student's embeddings; a no-grad use first (a per-teacher record)
+    must not hand a later term a tensor without gradient; a copy (with_) normalizes its own tensors."""
+    image = torch.randn(4, 3, requires_grad=True)
+    student = Embeddings(image=image, text=torch.randn(4, 3), logit_scale=torch.tensor(10.0))
+    with torch.no_grad():
+        first = student.unit("image")
+    assert not first.requires_grad
+    live = student.unit("image")
+    assert live.requires_grad and live is student.unit("image")
+    assert torch.allclose(live, torch.nn.functional.normalize(image, dim=-1))
+    other = student.with_(image=2 * image)
+    assert other.unit("image") is not live and torch.allclose(other.unit("image"), live)
+    teacher = Embeddings(image=torch.ones(4, 3), text=torch.ones(4, 3), logit_scale=torch.tensor(1.0), normalized=True)
+    assert teacher.unit("text") is teacher.text  # normalized already: as it is

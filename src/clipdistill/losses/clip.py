@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from clipdistill.embeddings import Embeddings
@@ -22,6 +21,4 @@ class ClipLoss(nn.Module):
     needs_teacher = False
 
     def forward(self, student: Embeddings, teacher: Embeddings | None = None) -> torch.Tensor:
-        image = F.normalize(student.image, dim=-1)
-        text = F.normalize(student.text, dim=-1)
-        return symmetric_infonce(image, text, student.logit_scale, student.rows)
+        return symmetric_infonce(student.unit("image"), student.unit("text"), student.logit_scale, student.rows)

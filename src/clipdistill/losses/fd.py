@@ -34,8 +34,10 @@ class FDLoss(nn.Module):
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
         rows = student.rows  # a per-sample loss: local_loss mode needs only this rank's rows
-        image, text = self.project(student.with_(image=student.image[rows], text=student.text[rows]), teacher)
-        teacher = teacher.with_(image=teacher.image[rows], text=teacher.text[rows])
+        if rows != slice(None):
+            student = student.with_(image=student.image[rows], text=student.text[rows])
+            teacher = teacher.with_(image=teacher.image[rows], text=teacher.text[rows])
+        image, text = self.project(student, teacher)
         image_term = (image - teacher.image).pow(2).sum(dim=1)
         text_term = (text - teacher.text).pow(2).sum(dim=1)
         return (image_term + text_term).mean()

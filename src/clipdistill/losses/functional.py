@@ -11,20 +11,29 @@ def diagonal_labels(n: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, device=device)
 
 
+def rows_of(x: torch.Tensor, rows: slice) -> torch.Tensor:
+    """``x[rows]``; ``x`` itself when ``rows`` is every row (all but local_loss runs), where a slice would only
+    add a view op and its backward node (a step's loss terms make dozens: a measurable share on a small student)."""
+    return x if rows == slice(None) else x[rows]
+
+
 def infonce(anchors: torch.Tensor, candidates: torch.Tensor, scale: torch.Tensor,
             rows: slice = slice(None)) -> torch.Tensor:
     """CE(scale·anchors candidatesᵀ) with the diagonal as labels: anchor i must pick candidate i.
 
     ``rows`` restricts the anchors (local_loss mode: this rank's rows against all candidates).
     """
-    logits = scale * anchors[rows] @ candidates.t()
-    return F.cross_entropy(logits, diagonal_labels(anchors.shape[0], anchors.device)[rows])
+    logits = scale * rows_of(anchors, rows) @ candidates.t()
+    return F.cross_entropy(logits, rows_of(diagonal_labels(anchors.shape[0], anchors.device), rows))
 
 
 def symmetric_infonce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
                       rows: slice = slice(None)) -> torch.Tensor:
-    """½[CE(scale·a bᵀ) + CE(scale·b aᵀ)]. ``a``, ``b``: (N, D) normalized."""
-    return 0.5 * (infonce(a, b, scale, rows) + infonce(b, a, scale, rows))
+    """½[CE(scale·a bᵀ) + CE(scale·b aᵀ)]. ``a``, ``b``: (N, D) normalized. One product when every row is
+    computed (:func:`similarity_logits`), as open_clip's ClipLoss."""
+    a_rows, b_rows = similarity_logits(a, b, scale, rows)
+    labels = rows_of(diagonal_labels(a.shape[0], a.device), rows)
+    return 0.5 * (F.cross_entropy(a_rows, labels) + F.cross_entropy(b_rows, labels))
 
 
 def sigmoid_logits(images: torch.Tensor, texts: torch.Tensor, scale, bias) -> torch.Tensor:
@@ -36,10 +45,11 @@ def kl_rows(target_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.
     """KL(σ(target) ‖ σ(student)) per row, averaged over rows (σ = row softmax).
 
     ``target_logits`` may be a :class:`MixedSoftmax` (an ensemble's target): only its ``log_softmax`` is used.
+    ``F.kl_div`` on log-probabilities computes Σ_j p_j (log p_j − log q_j) in one op (and one backward node).
     """
     target_logp = target_logits.log_softmax(dim=1)
     student_logp = F.log_softmax(student_logits, dim=1)
-    return (target_logp.exp() * (target_logp - student_logp)).sum(dim=1).mean()
+    return F.kl_div(student_logp, target_logp, reduction="batchmean", log_target=True)
 
 
 def soft_cross_entropy(target_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -105,11 +115,37 @@ def relation_loss(student, teacher, row_loss, *, student_scale, teacher_scale, t
     ``teacher_scale``: τ_t, or a function of a teacher giving its τ_t (each member of an ensemble its own).
     An ensemble's target is the weighted average of its members' distributions (:func:`target_logits`).
     """
-    s_image, s_text = F.normalize(student.image, dim=-1), F.normalize(student.text, dim=-1)
+    s_image, s_text = student.unit("image"), student.unit("text")
     r, t = student.rows, temperature
     scale_of = teacher_scale if callable(teacher_scale) else lambda _: teacher_scale
-    image_rows = row_loss(target_logits(teacher, lambda m: scale_of(m) * m.image[r] @ m.text.t() / t),
-                          student_scale * s_image[r] @ s_text.t() / t)
-    text_rows = row_loss(target_logits(teacher, lambda m: scale_of(m) * m.text[r] @ m.image.t() / t),
-                         student_scale * s_text[r] @ s_image.t() / t)
-    return 0.5 * (image_rows + text_rows) * t * t
+    student_image_rows, student_text_rows = similarity_logits(s_image, s_text, _tempered(student_scale, t), r)
+    members = [similarity_logits(m.image, m.text, _tempered(scale_of(m), t), r)
+               for m, _ in members_and_weights(teacher)]
+    image_rows = row_loss(target_logits(teacher, _member_logits(members, 0)), student_image_rows)
+    text_rows = row_loss(target_logits(teacher, _member_logits(members, 1)), student_text_rows)
+    loss = 0.5 * (image_rows + text_rows)
+    return loss if t == 1 else loss * t * t
+
+
+def similarity_logits(image: torch.Tensor, text: torch.Tensor, scale,
+                      rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale·image[rows] textᵀ, scale·text[rows] imageᵀ): each modality's rows against the other's candidates.
+
+    With every row (no local_loss) the second is the first transposed, so it is computed once, as
+    open_clip's ClipLoss does (``logits_per_text = logits_per_image.T``).
+    """
+    image_rows = scale * rows_of(image, rows) @ text.t()
+    if rows == slice(None):
+        return image_rows, image_rows.t()
+    return image_rows, scale * text[rows] @ image.t()
+
+
+def _tempered(scale, temperature: float):
+    # A scale divided by T (the logits are then divided by T), without an op when T = 1 (the default).
+    return scale if temperature == 1 else scale / temperature
+
+
+def _member_logits(members: list[tuple[torch.Tensor, torch.Tensor]], side: int):
+    """``logits_of`` for :func:`target_logits`: each member's precomputed (image rows, text rows), in order."""
+    order = iter(members)
+    return lambda _member: next(order)[side]

@@ -93,7 +93,7 @@ class Objective(nn.Module):
                 name = self.term_names[key]
                 values[name], per_teacher = _term(loss, student, teacher)
                 reported.update({name: values[name].detach(), **{f"{name}/t{k}": v for k, v in per_teacher.items()}})
-            total = sum(self.weights[name] * value for name, value in values.items())
+            total = _weighted_sum(values, self.weights)
         return total, reported
 
 
@@ -134,6 +134,13 @@ def _term(loss: nn.Module, student: Embeddings, teacher: TeacherEnsemble | None)
     if len(values) == 1:
         return values[0], {}
     return sum(w * v for w, v in zip(teacher.weights, values)), {k: v.detach() for k, v in enumerate(values)}
+
+
+def _weighted_sum(values: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """Σ_k w_k · value_k, without a multiplication where w_k = 1 nor an addition of 0 (each would be an op and
+    a backward node more, every step)."""
+    weighted = [value if weights[name] == 1 else weights[name] * value for name, value in values.items()]
+    return sum(weighted[1:], weighted[0])
 
 
 def _gathered_constant(teacher: Embeddings) -> Embeddings:
