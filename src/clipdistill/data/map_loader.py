@@ -52,11 +52,14 @@ class BatchPlan(Sampler):
     def rank_share(self, epoch: int) -> list[int]:
         order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(mix(self.seed, epoch)))
         share = order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
-        return (share if self.rows is None else self.rows[share]).tolist()
+        return (share if self.rows is None else self.rows[share]).numpy()
 
-    def _slot(self, epoch: int, share: list[int], position: int) -> Slot:
-        candidates = (share[(position + k * self.batch_size) % len(share)] for k in range(MAX_CANDIDATES))
-        return Slot(epoch, tuple(dict.fromkeys(candidates)))
+    def _slots(self, epoch: int, share: np.ndarray, first: int) -> list[Slot]:
+        """The batch starting at ``first``: slot j's candidates are the share's positions first + j + k·batch_size
+        (mod its length), k < MAX_CANDIDATES, repeats dropped; computed for the whole batch at once (this runs
+        in the training process, every step)."""
+        positions = first + np.arange(self.batch_size)[:, None] + self.batch_size * np.arange(MAX_CANDIDATES)
+        return [Slot(epoch, tuple(dict.fromkeys(row))) for row in share[positions % len(share)].tolist()]
 
     def __iter__(self) -> Iterator[list[Slot]]:
         epoch, step = divmod(self.start_step, self.steps_per_epoch)
@@ -64,7 +67,7 @@ class BatchPlan(Sampler):
             share = self.rank_share(epoch)
             for step in range(step, self.steps_per_epoch):
                 first = step * self.batch_size
-                yield [self._slot(epoch, share, first + j) for j in range(self.batch_size)]
+                yield self._slots(epoch, share, first)
             epoch, step = epoch + 1, 0
 
 
