@@ -37,3 +37,12 @@ def test_auto_workers_fit_the_machine(monkeypatch):
         assert threads.dataloader_workers("auto") == cpu, cores
         assert threads.dataloader_workers("auto", gpu=True) == gpu, cores
     assert threads.dataloader_workers(3) == 3
+
+
+def test_threads_and_workers_beyond_the_cores_are_named_with_the_fix(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    warning = threads.oversubscription(2, 1)
+    assert "2 compute threads and 1 DataLoader worker(s) share 2 cores" in warning and "train.threads=1" in warning
+    assert threads.oversubscription(1, 1) is None and threads.oversubscription(2, 0) is None
+    assert threads.oversubscription(2, 1, gpu=True) is None  # the GPU computes; the threads mostly wait
+    assert "train.threads=1" in threads.oversubscription(1, 4)  # never advises fewer than one thread

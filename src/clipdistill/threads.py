@@ -56,3 +56,17 @@ def configure_threads(requested: int, processes_per_node: int = 1, gpu: bool = F
     threads = max(1, cores - reserved)
     torch.set_num_threads(threads)
     return threads, f"{cores} cores less {reserved} for DataLoader workers"
+
+
+def oversubscription(threads: int, workers: int, processes_per_node: int = 1, gpu: bool = False) -> str | None:
+    """A warning line when CPU training's compute threads and its DataLoader workers (each a busy process) want
+    more cores than this process may use, else None. On a GPU the threads mostly wait: no warning.
+
+    OpenMP threads that lose their core to a worker wait for each other: a tiny student on 2 cores with 1 worker
+    took 101 ms a step with 2 threads and 70 ms with 1 (``bench/throughput.py --quick``, session 10).
+    """
+    cores = usable_cores(processes_per_node)
+    if gpu or workers == 0 or threads + workers <= cores:
+        return None
+    return (f"{threads} compute threads and {workers} DataLoader worker(s) share {cores} cores: the threads will wait "
+            f"on each other; set train.threads={max(1, cores - workers)} (or fewer data.workers) for speed")

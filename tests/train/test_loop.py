@@ -116,3 +116,21 @@ def test_help_lists_commands(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "demo" in out and "train" in out
+
+
+def test_the_start_warns_when_threads_and_workers_oversubscribe_the_cores(monkeypatch, caplog):
+    import os
+    from types import SimpleNamespace
+
+    from clipdistill.train import loop
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    before = torch.get_num_threads()
+    cfg = config_lib.from_dict({"data": {"kind": "synthetic", "workers": 1}, "train": {"threads": 2}})
+    try:
+        with caplog.at_level("WARNING", logger="clipdistill.train"):
+            assert loop.choose_workers_and_threads(cfg, SimpleNamespace(device=torch.device("cpu"), is_main=True)) \
+                == (1, (2, "as set"))
+    finally:
+        torch.set_num_threads(before)
+    assert "set train.threads=1" in caplog.text

@@ -28,7 +28,7 @@ from clipdistill.atomic import write_text_atomic
 from clipdistill.data import train_batches
 from clipdistill.data.transforms import PairedTransform
 from clipdistill.losses import needs_teacher
-from clipdistill.threads import configure_threads, dataloader_workers
+from clipdistill.threads import configure_threads, dataloader_workers, oversubscription
 from clipdistill.train import checkpoint, run_dir
 from clipdistill.train.bad_data import BadDataTally
 from clipdistill.train.compiling import compile_distiller
@@ -110,9 +110,13 @@ def open_run_directory(out_dir: Path, cfg: config_lib.Config, ctx, overwrite: bo
 
 
 def choose_workers_and_threads(cfg: config_lib.Config, ctx) -> tuple[int, tuple[int, str]]:
-    per_node = max(1, distributed.local_world_size())
-    workers = dataloader_workers(cfg.data.workers, per_node, gpu=ctx.device.type == "cuda")
-    return workers, configure_threads(cfg.train.threads, per_node, gpu=ctx.device.type == "cuda")
+    per_node, gpu = max(1, distributed.local_world_size()), ctx.device.type == "cuda"
+    workers = dataloader_workers(cfg.data.workers, per_node, gpu=gpu)
+    threads = configure_threads(cfg.train.threads, per_node, gpu=gpu)
+    warning = oversubscription(threads[0], workers, per_node, gpu=gpu)
+    if warning and ctx.is_main:
+        log.warning("%s", warning)
+    return workers, threads
 
 
 def build_parts(cfg: config_lib.Config, ctx) -> Parts:
