@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "throughput.py"
 KEYS = ("plain", "online_kd", "cached_kd", "open_clip_plain", "open_clip_distill")
@@ -78,3 +79,18 @@ def test_our_runs_compute_with_the_benchs_threads(tmp_path, kind):
     settings = {**throughput.QUICK, "threads": 3}
     cfg = throughput.our_config(settings, tmp_path / "pairs.tsv", tmp_path / "t.pt", kind, tmp_path / "cache")
     assert cfg.train.threads == 3
+
+
+def test_the_trainers_compile_time_is_read_from_its_log_line(caplog, monkeypatch):
+    """compile_reported_by_trainer: the figure of the loop's own line (a real first call, compiled by the eager
+    backend), whatever the compiled part is called."""
+    from clipdistill.train import compiling
+
+    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    monkeypatch.setattr(compiling, "BACKEND", "eager")
+    with caplog.at_level("INFO", logger="clipdistill.train"):
+        compiling.CompiledOrEager(lambda x: 2 * x, "the student")(torch.ones(2))
+    found = dict(throughput._COMPILED_IN.findall(caplog.text))
+    assert list(found) == ["the student"] and float(found["the student"]) >= 0
