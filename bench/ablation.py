@@ -360,29 +360,40 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", choices=["synthetic", "flickr8k"], default="synthetic")
+def common_arguments(parser: argparse.ArgumentParser, methods: list[str]) -> None:
+    """The options of every ablation-style bench (this one, bench/sigmoid_teacher.py)."""
     parser.add_argument("--out", required=True)
-    parser.add_argument("--flickr-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/flickr8k"))
-    parser.add_argument("--methods", default=",".join([*METHODS, *CID_METHODS]), help="comma-separated methods")
+    parser.add_argument("--methods", default=",".join(methods), help="comma-separated, of " + ", ".join(methods))
     parser.add_argument("--teacher-steps", type=int, default=0)
     parser.add_argument("--student-steps", type=int, default=0)
-    parser.add_argument("--teacher-cache-views", type=int, default=-1,
-                        help="serve the teacher from a clipdistill cache with this many views per sample "
-                             "(0 = live teacher on every batch; default 4)")
     parser.add_argument("--seeds", type=seed_list, default=[0],
                         help="students' seeds (init, data order), e.g. 0,1,2: one teacher, cache and CID data; "
                              "each student once per seed (seed N > 0 in DIR/seedN/METHOD)")
     parser.add_argument("--progress", action="store_true")
-    args = parser.parse_args(argv)
+
+
+def start(args: argparse.Namespace, methods: list[str]) -> list[str]:
+    """The benches' logging, and the methods asked for (one line naming an unknown one)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("clipdistill").setLevel(logging.INFO)
-    out = Path(args.out)
     names = args.methods.split(",")
-    unknown = [n for n in names if n not in METHODS and n not in CID_METHODS]
+    unknown = [n for n in names if n not in methods]
     if unknown:
-        raise SystemExit(f"unknown method(s) {', '.join(unknown)}; known: {', '.join([*METHODS, *CID_METHODS])}")
+        raise SystemExit(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(methods)}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common_arguments(parser, [*METHODS, *CID_METHODS])
+    parser.add_argument("--data", choices=["synthetic", "flickr8k"], default="synthetic")
+    parser.add_argument("--flickr-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/flickr8k"))
+    parser.add_argument("--teacher-cache-views", type=int, default=-1,
+                        help="serve the teacher from a clipdistill cache with this many views per sample "
+                             "(0 = live teacher on every batch; default 4)")
+    args = parser.parse_args(argv)
+    names = start(args, [*METHODS, *CID_METHODS])
+    out = Path(args.out)
     setup = synthetic_setup(out, args) if args.data == "synthetic" else flickr_setup(out, args)
 
     teacher_run, teacher_results = train_teacher(setup, out, args.progress)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 import ablation
@@ -49,19 +48,10 @@ def sigmoid_setup(out: Path, args) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of " + ", ".join(METHODS))
-    parser.add_argument("--teacher-steps", type=int, default=0)
-    parser.add_argument("--student-steps", type=int, default=0)
-    parser.add_argument("--seeds", type=ablation.seed_list, default=[0])
-    parser.add_argument("--progress", action="store_true")
+    ablation.common_arguments(parser, list(METHODS))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("clipdistill").setLevel(logging.INFO)
+    names = ablation.start(args, list(METHODS))
     out = Path(args.out)
-    names = args.methods.split(",")
-    if set(names) - set(METHODS):
-        raise SystemExit(f"unknown method(s) {', '.join(sorted(set(names) - set(METHODS)))}; known: {', '.join(METHODS)}")
     setup = sigmoid_setup(out, args)
     teacher_run, teacher_results = ablation.train_teacher(setup, out, args.progress)
     teacher = ablation.cached_teacher(setup, out, teacher_run, 4, args.progress)
