@@ -459,9 +459,10 @@ def _median_or_none(values: list) -> float | None:
 
 
 def compile_seconds(warmup_excess: dict[str, float]) -> dict[str, float]:
-    """A compiled run's warm-up overrun beyond its uncompiled twin's: the compile time (median over rounds)."""
+    """A compiled run's warm-up overrun beyond its uncompiled twin's: the compile time (median over rounds).
+    A compiled row whose twin did not run (``--configs``) has none."""
     return {name: warmup_excess[name] - warmup_excess[name.removesuffix("_compiled")]
-            for name in warmup_excess if name.endswith("_compiled")}
+            for name in warmup_excess if name.endswith("_compiled") and name.removesuffix("_compiled") in warmup_excess}
 
 
 def ratios(r: dict) -> dict:

@@ -53,7 +53,12 @@ class TeacherEnsemble:
     def focus(self, index: int) -> "TeacherView":
         """Member ``index`` as the teacher a loss sees, carrying this ensemble."""
         member = self.members[index]
-        return TeacherView(**{f.name: getattr(member, f.name) for f in fields(Embeddings) if f.init}, ensemble=self)
+        return TeacherView(**{name: getattr(member, name) for name in _EMBEDDINGS_FIELDS}, ensemble=self)
+
+
+# Embeddings' constructor arguments, named once: torch.compile cannot trace dataclasses.fields() of a class
+# (train.compile=all broke the objective's graph at every focus()).
+_EMBEDDINGS_FIELDS = tuple(f.name for f in fields(Embeddings) if f.init)
 
 
 @dataclass(frozen=True)

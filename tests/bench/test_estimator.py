@@ -77,6 +77,9 @@ def test_timing_drops_warmup_steps_and_counts_their_overrun_as_compile_time():
     compile_s = throughput.compile_seconds({"plain": 1.5, "plain_compiled": 21.5, "open_clip_plain": 1.0,
                                             "open_clip_plain_compiled": 31.0})
     assert compile_s == pytest.approx({"plain_compiled": 20.0, "open_clip_plain_compiled": 30.0})
+    # --configs without a compiled row's twin: no compile time for it, and no crash after the rounds
+    assert throughput.compile_seconds({"plain": 1.5, "plain_compiled": 21.5, "open_clip_plain_compiled": 31.0}) \
+        == pytest.approx({"plain_compiled": 20.0})
 
 
 def test_the_step_hooks_mark_each_logged_step_and_put_everything_back(monkeypatch):

@@ -272,3 +272,14 @@ def test_shared_heads_with_two_teachers_share_one_head_per_teacher():
     total, _ = model(images, tokens, ensemble)
     total.backward()
     assert all(terms["fd"].copies[k].project.image.weight.grad.abs().sum() > 0 for k in (0, 1))
+
+
+def test_focus_traces_in_one_graph_for_train_compile_all():
+    """train.compile=all: the objective hands each term ensemble.focus(k); dynamo could not trace
+    dataclasses.fields() of the Embeddings class there and broke the objective's graph at every term."""
+    from clipdistill.embeddings import Embeddings
+
+    member = Embeddings(image=torch.ones(2, 3), text=torch.ones(2, 3), logit_scale=torch.tensor(5.0), normalized=True)
+    ensemble = TeacherEnsemble.weighted([member], [1.0])
+    focused = torch.compile(lambda e: e.focus(0).image * e.focus(0).logit_scale, fullgraph=True, backend="eager")
+    assert torch.equal(focused(ensemble), 5 * torch.ones(2, 3))
