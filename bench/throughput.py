@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(train.compile) and open_clip_plain_compiled (open_clip_train --torchcompile)")
     parser.add_argument("--compile-mode", default="student", choices=("student", "all"),
                         help="our train.compile value for the compiled rows (default: student; all = student and "
-                        "objective, which crashed with the CLIP-only objective at main 62fcd8b)")
+                        "objective)")
     parser.add_argument("--repeats", type=int, help="paired rounds (medians and per-round ratios reported)")
     parser.add_argument("--steps", type=int, help="training steps per run")
     parser.add_argument("--plot", help="PNG bar chart to write")
