@@ -148,3 +148,17 @@ def test_base_in_the_cli_is_one_line(tmp_path, capsys):
     assert cli.main(["train", str(write(tmp_path, "base: missing.yaml\n")), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert "missing.yaml was not found" in err and "\n" not in err
+
+
+def test_off_on_yes_no_stay_strings_as_in_yaml_1_2(tmp_path):
+    """PyYAML's YAML 1.1 rules read off/on/yes/no as booleans: `train.compile=off` stopped with a type error."""
+    assert config_lib.load(None, ["train.compile=off"]).train.compile == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  compile: off\ndata:\n  hflip: true\n")
+    cfg = config_lib.load(path)
+    assert cfg.train.compile == "off" and cfg.data.hflip is True
+    assert [config_lib.parse_override(f"a={v}")[1] for v in ("yes", "no", "on", "true", "False")] == \
+        ["yes", "no", "on", True, False]
+    dumped = tmp_path / "resolved.yaml"
+    config_lib.dump(cfg, dumped)
+    assert config_lib.load(dumped).train.compile == "off"  # the run directory's config reads back the same

@@ -1,6 +1,7 @@
 """Experiment configuration: a typed dataclass schema, YAML files, dotted ``key=value`` overrides.
 
-A config is read from YAML (``yaml.safe_load``: nothing in it is ever evaluated as code), itself merged over
+A config is read from YAML (a ``yaml.SafeLoader``: nothing in it is ever evaluated as code; booleans are
+only ``true``/``false``, as in YAML 1.2, so ``train.compile: off`` is the string its schema expects), itself merged over
 the file its ``base:`` key names, if any (relative to it: ``base: baseline.yaml``), then merged with
 command-line overrides such as ``train.steps=500`` or ``losses.fd.weight=2``, and checked against the
 schema below: an unknown key or a value of the wrong type stops with one line naming the key. The
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +23,22 @@ from typing import Any, Union
 import yaml
 
 from clipdistill.errors import ConfigError
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2's booleans: PyYAML's 1.1 rules also read on/off/yes/no as booleans, which turned
+    ``train.compile=off`` into ``False`` and stopped the run with a type error."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 -- a SafeLoader subclass
+
 
 ModelSpec = Union[str, dict]  # an open_clip architecture name, a clipdistill preset, or an inline open_clip config
 
@@ -274,7 +292,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = _yaml(raw) if raw != "" else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override '{text}': value is not valid YAML ({err.problem})") from None
     return key.split("."), value
@@ -306,7 +324,7 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {err}") from None
     if not isinstance(data, dict):
