@@ -37,7 +37,10 @@ TEACHER = ("teacher.model={embed_dim: 48, vision_cfg: {image_size: 32, patch_siz
 ARGS = ["student.model=tiny", "teacher.source=openclip", TEACHER, "data.num_samples=24",
         "train.batch_size=8", f"train.steps={STEPS}", "train.save_every=1", "train.keep_checkpoints=2",
         "train.log_every=1", "train.progress=false", "optim.warmup_steps=3", "eval.retrieval=", "eval.zero_shot=",
-        "losses.clip.weight=1.0", "losses.fd.weight=3.9", "losses.icl.weight=1.0"]
+        "losses.clip.weight=1.0", "losses.fd.weight=3.9", "losses.icl.weight=1.0",
+        # One compute thread in every run, whatever the environment: the in-process reference took the
+        # machine's default (2 here) while the CLI processes had OMP_NUM_THREADS=1, and their float sums differed.
+        "train.threads=1"]
 KILL_SEED = int(os.environ.get("KILL_SEED", "0")) or random.SystemRandom().randrange(1, 10**6)
 _TIMEOUT_S = 240
 # One thread everywhere: the in-process reference and the killed processes must do the same float
