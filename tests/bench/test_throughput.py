@@ -12,6 +12,14 @@ SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "throughput.py"
 KEYS = ("plain", "online_kd", "cached_kd", "open_clip_plain", "open_clip_distill")
 
 
+def _bench_module():
+    """bench/throughput.py as a module (it is a script, not in a package)."""
+    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    return throughput
+
+
 def _run(tmp_path, *args):
     return subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "t.json"), *args],
                           capture_output=True, text=True, timeout=300)
@@ -45,9 +53,7 @@ def test_a_short_run_measures_every_configuration_and_its_ratios(tmp_path):
 
 @pytest.mark.parametrize("args", [["--repeats", "0"], ["--steps", "4"], ["--threads", "0"], ["--workers", "-1"]])
 def test_settings_that_cannot_measure_are_refused(tmp_path, args, capsys):
-    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
-    throughput = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(throughput)
+    throughput = _bench_module()
     with pytest.raises(SystemExit) as exit_:
         throughput.main(["--out", str(tmp_path / "t.json"), *args])
     assert exit_.value.code == 2 and "error: --" in capsys.readouterr().err and not (tmp_path / "t.json").exists()
@@ -73,9 +79,7 @@ def test_compiled_rows_run_or_are_skipped_with_a_note(tmp_path):
 def test_our_runs_compute_with_the_benchs_threads(tmp_path, kind):
     """open_clip_train inherits the bench's torch threads; our loop must get the same count through train.threads
     (left to itself it takes every core: 2 threads next to the bench's worker on a 2-core machine, ~30 % slower)."""
-    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
-    throughput = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(throughput)
+    throughput = _bench_module()
     settings = {**throughput.QUICK, "threads": 3}
     cfg = throughput.our_config(settings, tmp_path / "pairs.tsv", tmp_path / "t.pt", kind, tmp_path / "cache")
     assert cfg.train.threads == 3
@@ -86,9 +90,7 @@ def test_the_trainers_compile_time_is_read_from_its_log_line(caplog, monkeypatch
     backend), whatever the compiled part is called."""
     from clipdistill.train import compiling
 
-    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
-    throughput = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(throughput)
+    throughput = _bench_module()
     monkeypatch.setattr(compiling, "BACKEND", "eager")
     with caplog.at_level("INFO", logger="clipdistill.train"):
         compiling.CompiledOrEager(lambda x: 2 * x, "the student")(torch.ones(2))

@@ -49,7 +49,7 @@ class BatchPlan(Sampler):
             raise UserError(f"{num_samples} samples cannot fill one batch of {batch_size} on each of "
                             f"{world_size} ranks")
 
-    def rank_share(self, epoch: int) -> list[int]:
+    def rank_share(self, epoch: int) -> np.ndarray:
         order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(mix(self.seed, epoch)))
         share = order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
         return (share if self.rows is None else self.rows[share]).numpy()

@@ -41,7 +41,7 @@ class CRDImageLoss(nn.Module):
         self.temperature, self.teacher_scale, self.student_scale = temperature, teacher_scale, student_scale
 
     def forward(self, student: Embeddings, teacher: Embeddings) -> torch.Tensor:
-        s_image, r, t = F.normalize(student.image, dim=-1), student.rows, self.temperature
+        s_image, r, t = student.unit("image"), student.rows, self.temperature
         s_scale = student.logit_scale if self.student_scale is None else self.student_scale
         self_pairs = _diagonal(student.batch_size, r, s_image.device)
 

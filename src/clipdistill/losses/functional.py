@@ -86,9 +86,13 @@ def target_logits(teacher, logits_of):
     """The teacher side of a distribution term: ``logits_of(member)`` for one teacher, the :class:`MixedSoftmax`
     of every member's logits for an ensemble. ``logits_of`` gives a member's (rows, N) logits at its own scale."""
     pairs = members_and_weights(teacher)
-    if len(pairs) == 1:  # one teacher: exactly the single-teacher computation
-        return logits_of(pairs[0][0])
-    return MixedSoftmax([logits_of(member) for member, _ in pairs], [w for _, w in pairs])
+    return mixed([logits_of(member) for member, _ in pairs], [w for _, w in pairs])
+
+
+def mixed(logits: list[torch.Tensor], weights: list[float]):
+    """Each teacher's logits, one per member, as one target: a single teacher's as they are (exactly the
+    single-teacher computation), several as their :class:`MixedSoftmax`."""
+    return logits[0] if len(logits) == 1 else MixedSoftmax(logits, weights)
 
 
 def weighted_mean(teacher, value_of) -> torch.Tensor:
@@ -119,10 +123,12 @@ def relation_loss(student, teacher, row_loss, *, student_scale, teacher_scale, t
     r, t = student.rows, temperature
     scale_of = teacher_scale if callable(teacher_scale) else lambda _: teacher_scale
     student_image_rows, student_text_rows = similarity_logits(s_image, s_text, _tempered(student_scale, t), r)
-    members = [similarity_logits(m.image, m.text, _tempered(scale_of(m), t), r)
-               for m, _ in members_and_weights(teacher)]
-    image_rows = row_loss(target_logits(teacher, _member_logits(members, 0)), student_image_rows)
-    text_rows = row_loss(target_logits(teacher, _member_logits(members, 1)), student_text_rows)
+    pairs = members_and_weights(teacher)
+    # Each teacher's (image rows, text rows): one product per teacher, both directions.
+    members = [similarity_logits(m.image, m.text, _tempered(scale_of(m), t), r) for m, _ in pairs]
+    weights = [w for _, w in pairs]
+    image_rows = row_loss(mixed([m[0] for m in members], weights), student_image_rows)
+    text_rows = row_loss(mixed([m[1] for m in members], weights), student_text_rows)
     loss = 0.5 * (image_rows + text_rows)
     return loss if t == 1 else loss * t * t
 
@@ -143,9 +149,3 @@ def similarity_logits(image: torch.Tensor, text: torch.Tensor, scale,
 def _tempered(scale, temperature: float):
     # A scale divided by T (the logits are then divided by T), without an op when T = 1 (the default).
     return scale if temperature == 1 else scale / temperature
-
-
-def _member_logits(members: list[tuple[torch.Tensor, torch.Tensor]], side: int):
-    """``logits_of`` for :func:`target_logits`: each member's precomputed (image rows, text rows), in order."""
-    order = iter(members)
-    return lambda _member: next(order)[side]

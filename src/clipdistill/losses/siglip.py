@@ -42,7 +42,7 @@ class SigLipLoss(nn.Module):
             raise UserError("siglip needs a student with a logit bias (the trainer adds one when siglip is "
                             "among the losses; in your own code: clipdistill.models.student.add_logit_bias)")
         rows = student.rows
-        image, text = F.normalize(student.image, dim=-1), F.normalize(student.text, dim=-1)
+        image, text = student.unit("image"), student.unit("text")
         logits = sigmoid_logits(image[rows], text, student.logit_scale, student.logit_bias)
         signs = 2 * torch.eye(student.batch_size, device=logits.device, dtype=logits.dtype)[rows] - 1
         return -F.logsigmoid(signs * logits).sum() / logits.shape[0]

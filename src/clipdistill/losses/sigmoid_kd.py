@@ -63,7 +63,7 @@ class SigmoidKDLoss(nn.Module):
         # An ensemble's target: each teacher's sigmoid at its own scale and bias, averaged with the weights.
         targets = weighted_mean(teacher, lambda m: torch.sigmoid(sigmoid_logits(m.image[rows], m.text,
                                                                                *self.teacher_scale_and_bias(m))))
-        image, text = F.normalize(student.image, dim=-1), F.normalize(student.text, dim=-1)
+        image, text = student.unit("image"), student.unit("text")
         student_bias = student.logit_bias if student.logit_bias is not None else 0.0
         logits = sigmoid_logits(image[rows], text, student.logit_scale, student_bias)
         return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / logits.shape[0]
